@@ -1,0 +1,162 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jbert import functional
+from jbert.config import JinaBertConfig, preset
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-code"])
+def model(request):
+    config = preset(request.param)
+    return config, functional.init_params(config, jax.random.key(0))
+
+
+def _ids(b, length, seed=1, vocab=1000):
+    return jax.random.randint(jax.random.key(seed), (b, length), 5, vocab)
+
+
+def test_output_shapes_and_finite(model):
+    config, params = model
+    out = functional.apply(config, params, _ids(2, 33))
+    assert out["last_hidden_state"].shape == (2, 33, config.hidden_size)
+    assert out["pooler_output"].shape == (2, config.hidden_size)
+    assert np.isfinite(np.asarray(out["last_hidden_state"])).all()
+
+
+def test_jit_and_eager_agree(model):
+    config, params = model
+    ids = _ids(2, 20)
+    eager = functional.apply(config, params, ids)["last_hidden_state"]
+    jitted = jax.jit(lambda p, x: functional.apply(config, p, x)["last_hidden_state"])(params, ids)
+    np.testing.assert_allclose(jitted, eager, atol=1e-5)
+
+
+def test_appending_padding_does_not_change_real_positions(model):
+    config, params = model
+    ids = _ids(2, 24)
+    mask = jnp.ones_like(ids).at[1, 17:].set(0)
+    short = functional.forward(config, params, ids, mask)
+    padded_ids = jnp.concatenate([ids, jnp.full((2, 40), config.pad_token_id)], axis=1)
+    padded_mask = jnp.concatenate([mask, jnp.zeros((2, 40), jnp.int32)], axis=1)
+    long = functional.forward(config, params, padded_ids, padded_mask)
+    np.testing.assert_allclose(long[0, :24], short[0, :24], atol=1e-5)
+    np.testing.assert_allclose(long[1, :17], short[1, :17], atol=1e-5)
+
+
+def test_each_output_depends_on_tokens_on_both_sides(model):
+    config, params = model
+    ids = _ids(1, 21)
+    base = functional.forward(config, params, ids)
+    left = functional.forward(config, params, ids.at[0, 0].set(3))
+    right = functional.forward(config, params, ids.at[0, 20].set(3))
+    middle = 10
+    assert np.abs(left[0, middle] - base[0, middle]).max() > 1e-4
+    assert np.abs(right[0, middle] - base[0, middle]).max() > 1e-4
+
+
+def test_packed_documents_equal_separate_runs(model):
+    config, params = model
+    a, b = _ids(1, 13, seed=2), _ids(1, 9, seed=3)
+    packed = jnp.concatenate([a, b, jnp.zeros((1, 6), jnp.int32)], axis=1)
+    segments = jnp.array([[1] * 13 + [2] * 9 + [0] * 6])
+    mask = (segments > 0).astype(jnp.int32)
+    out = jax.jit(lambda p: functional.apply(config, p, packed, mask, None, segments))(params)
+    out = out["last_hidden_state"]
+    np.testing.assert_allclose(out[0, :13], functional.forward(config, params, a)[0], atol=1e-5)
+    np.testing.assert_allclose(out[0, 13:22], functional.forward(config, params, b)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "dpa"])
+def test_attention_paths_agree_through_the_model(model, impl):
+    config, params = model
+    ids = _ids(2, 150)
+    mask = jnp.ones_like(ids).at[0, 120:].set(0)
+    ref = functional.forward(dataclasses.replace(config, attention_impl="reference"), params,
+                             ids, mask)
+    got = functional.forward(dataclasses.replace(config, attention_impl=impl), params, ids, mask)
+    np.testing.assert_allclose(got[0, :120], ref[0, :120], atol=1e-5)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+
+
+def test_dropout_needs_rng_and_changes_outputs(model):
+    config, params = model
+    ids = _ids(2, 16)
+    train = jax.jit(lambda p, rng: functional.apply(config, p, ids, dropout_rng=rng))
+    a, b = train(params, jax.random.key(1)), train(params, jax.random.key(2))
+    assert not np.allclose(a["last_hidden_state"], b["last_hidden_state"])
+    with pytest.raises(ValueError, match="rngs"):
+        functional.module(config, params)(ids, deterministic=False)
+
+
+def test_bf16_compute_keeps_fp32_params(model):
+    config, params = model
+    config16 = dataclasses.replace(config, dtype="bfloat16")
+    ids = _ids(2, 16)
+    out16 = functional.forward(config16, params, ids)
+    out32 = functional.forward(config, params, ids)
+    assert out16.dtype == jnp.bfloat16
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert np.abs(np.asarray(out16, np.float32) - out32).max() < 0.1
+
+
+def test_remat_gives_the_same_gradients(model):
+    config, params = model
+    ids = _ids(2, 16)
+
+    def loss(p, cfg):
+        return jnp.sum(functional.forward(cfg, p, ids) ** 2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g = grad(params, config)
+    g_remat = grad(params, dataclasses.replace(config, remat=True))
+    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_param_tree_has_hf_layout_names():
+    base = functional.abstract_params(preset("tiny"))
+    code = functional.abstract_params(preset("tiny-code"))
+    assert set(base["encoder"]["layer"][0]["mlp"]) == {"gated_layers", "wo", "layernorm"}
+    assert set(code["encoder"]["layer"][0]["mlp"]) == {"up_gated_layer", "down_layer"}
+    assert {"layer_norm_q", "layer_norm_k"} <= set(code["encoder"]["layer"][0]["attention"]
+                                                   ["self_attn"])
+    assert "layer_norm_1" in code["encoder"]["layer"][1]
+    original = functional.abstract_params(preset("tiny", feed_forward_type="original"))
+    assert set(original["encoder"]["layer"][0]) == {"attention", "intermediate", "output"}
+
+
+@pytest.mark.parametrize("ff", ["original", "glu", "geglu", "reglu"])
+def test_feed_forward_variants_run(ff):
+    config = preset("tiny", feed_forward_type=ff, num_hidden_layers=1)
+    params = functional.init_params(config, jax.random.key(0))
+    out = functional.forward(config, params, _ids(1, 8))
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="hidden_size"):
+        JinaBertConfig(hidden_size=100, num_attention_heads=12)
+    with pytest.raises(ValueError, match="feed_forward_type"):
+        JinaBertConfig(feed_forward_type="swiglu")
+    with pytest.raises(ValueError, match="attention_impl"):
+        JinaBertConfig(attention_impl="flash")
+    with pytest.raises(KeyError, match="tiniest"):
+        preset("tiniest")
+    with pytest.raises(ValueError, match="input_ids"):
+        functional.apply(preset("tiny"), functional.init_params(preset("tiny"),
+                                                                jax.random.key(0)),
+                         jnp.zeros((2, 3, 4), jnp.int32))
+
+
+def test_presets_match_the_released_shapes():
+    assert functional.abstract_params(preset("base-code"))["embeddings"]["word_embeddings"][
+        "embedding"].shape == (61056, 768)
+    n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(
+        functional.abstract_params(preset("base-code"))))
+    assert 160e6 < n_params < 162e6  # jina-embeddings-v2-base-code: 161 M
+    small = preset("small-en")
+    assert (small.num_hidden_layers, small.hidden_size, small.num_attention_heads) == (4, 512, 8)

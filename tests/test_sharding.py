@@ -1,0 +1,57 @@
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jbert import functional
+from jbert.config import PRESETS, preset
+from jbert.heads import HEADS
+from jbert.sharding import LOGICAL_AXIS_RULES, logical_to_spec, make_mesh, tree_shardings
+
+
+def test_every_weight_has_a_logical_name_per_dimension_and_a_rule():
+    rules = dict(LOGICAL_AXIS_RULES)
+    for name in ("tiny", "tiny-code"):
+        config = PRESETS[name].replace(feed_forward_type="geglu")
+        for head in HEADS:
+            axes = functional.logical_axes(config, head)
+            shapes = functional.abstract_params(config, head)
+            for names, shape in zip(jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple)),
+                                    jax.tree.leaves(shapes), strict=True):
+                assert len(names) == len(shape.shape), (head, names, shape)
+                assert all(n in rules for n in names), (head, names)
+
+
+def test_partition_specs_on_a_2x4_mesh():
+    mesh = make_mesh(data=1, fsdp=2, tensor=4)
+    config = preset("tiny", num_attention_heads=4)
+    shardings = tree_shardings(mesh, functional.logical_axes(config, "masked_lm"),
+                               functional.abstract_params(config, "masked_lm"))
+    layer = shardings["bert"]["encoder"]["layer"][0]
+    assert layer["attention"]["self_attn"]["query"]["kernel"].spec == P("fsdp", "tensor")
+    assert layer["attention"]["self_attn"]["query"]["bias"].spec == P("tensor")
+    assert layer["attention"]["output"]["dense"]["kernel"].spec == P("tensor", "fsdp")
+    assert layer["mlp"]["gated_layers"]["kernel"].spec == P("fsdp", "tensor")
+    assert layer["mlp"]["layernorm"]["scale"].spec == P(None)
+    embeddings = shardings["bert"]["embeddings"]
+    assert embeddings["word_embeddings"]["embedding"].spec == P("tensor", "fsdp")
+    assert embeddings["token_type_embeddings"]["embedding"].spec == P(None, "fsdp")
+    assert shardings["cls"]["predictions"]["bias"].spec == P("tensor")
+
+
+def test_indivisible_dimension_stays_replicated():
+    mesh = make_mesh(data=1, fsdp=1, tensor=8)
+    assert logical_to_spec(("embed", "labels"), (96, 3), mesh) == P("fsdp", None)
+    assert logical_to_spec(("vocab", "embed"), (1002, 96), mesh) == P(None, "fsdp")
+
+
+def test_mesh_errors_name_the_axis():
+    assert make_mesh().shape == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert make_mesh(fsdp=2, tensor=2).shape == {"data": 2, "fsdp": 2, "tensor": 2}
+    with pytest.raises(ValueError, match="tensor=3"):
+        make_mesh(tensor=3)
+    with pytest.raises(ValueError, match="data=3"):
+        make_mesh(data=3, fsdp=2, tensor=1)
+    with pytest.raises(ValueError, match="fsdp"):
+        make_mesh(fsdp=0)
+    with pytest.raises(KeyError, match="nonsense"):
+        logical_to_spec(("nonsense",))
