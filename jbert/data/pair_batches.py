@@ -1,0 +1,168 @@
+"""Pair files and the duplicate-free pair batcher for the contrastive stage.
+
+Batches are dicts `{"query": [str], "positive": [str], "negatives": [[str]] (if the pairs have
+them), "source": name}`. With in-batch negatives, a text that occurs twice in one global batch
+would be a false negative, so the batcher keeps every text (query, positive, negatives) unique
+within a global batch; each process then takes its contiguous slice of that batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from jbert.data.tokenizer import tokenize_texts
+
+
+def read_pair_file(path: str | os.PathLike) -> list[dict]:
+    """Reads a jsonl file of `{"query", "positive", "negatives"?}`; bad lines name file and line."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from e
+            pairs.append(_check_pair(row, f"{path}:{n}"))
+    return pairs
+
+
+def _check_pair(row: dict, where: str) -> dict:
+    for key in ("query", "positive"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"{where}: key {key!r} missing or not a non-empty string")
+    negs = row.get("negatives")
+    if negs is not None and not (isinstance(negs, list) and all(isinstance(x, str) for x in negs)):
+        raise ValueError(f"{where}: key 'negatives' must be a list of strings")
+    return row
+
+
+def load_pairs(spec: str | os.PathLike, split: str = "train") -> list[dict]:
+    """Pairs from a jsonl file, a directory with `{split}.jsonl` (as `build_pairs` writes), or a
+    hub dataset name with `query`/`positive` columns (needs network access)."""
+    p = Path(spec)
+    if p.is_dir():
+        p = p / f"{split}.jsonl"
+    if p.is_file():
+        return read_pair_file(p)
+    import datasets
+
+    ds = datasets.load_dataset(str(spec), split=split)
+    return [_check_pair(dict(r), f"{spec}[{i}]") for i, r in enumerate(ds)]
+
+
+def _texts(pair: dict) -> set[str]:
+    return {
+        pair["query"].strip(),
+        pair["positive"].strip(),
+        *map(str.strip, pair.get("negatives") or ()),
+    }
+
+
+def duplicate_free_batches(
+    pairs: Sequence[dict], batch_size: int, rng: np.random.Generator
+) -> list[list[int]]:
+    """Index batches in a random order with no text twice in a batch. A pair that would repeat a
+    text waits for a later batch; what cannot fill a last full batch is left out."""
+    pending = deque(rng.permutation(len(pairs)).tolist())
+    batches = []
+    while len(pending) >= batch_size:
+        batch, seen, deferred = [], set(), []
+        while pending and len(batch) < batch_size:
+            i = pending.popleft()
+            texts = _texts(pairs[i])
+            if texts & seen:
+                deferred.append(i)
+                continue
+            batch.append(i)
+            seen |= texts
+        pending.extendleft(reversed(deferred))  # first in line for the next batch
+        if len(batch) < batch_size:
+            break
+        batches.append(batch)
+    return batches
+
+
+class PairBatcher:
+    """Epochs of duplicate-free global batches of `batch_size`; this process gets its slice.
+
+    Deterministic for a seed; `get_state()` / `set_state()` (`{"epoch", "batch"}`) resume exactly.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[dict],
+        batch_size: int,
+        source: str = "pairs",
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_epochs: int | None = None,
+    ):
+        if batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
+        if len(pairs) < batch_size:
+            raise ValueError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
+        self.pairs, self.batch_size, self.source, self.seed = pairs, batch_size, source, seed
+        self.per_process = batch_size // process_count
+        self.offset = process_index * self.per_process
+        self.num_epochs = num_epochs
+        self.epoch, self.batch = 0, 0
+        self._batches: list[list[int]] | None = None
+        self.has_negatives = any(p.get("negatives") for p in pairs)
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._batches is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._batches = duplicate_free_batches(self.pairs, self.batch_size, rng)
+        return self._batches
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.batch, self._batches = int(state["epoch"]), int(state["batch"]), None
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        while self.batch >= len(self._epoch_batches()):
+            self.epoch, self.batch, self._batches = self.epoch + 1, 0, None
+            if self.num_epochs is not None and self.epoch >= self.num_epochs:
+                raise StopIteration
+        rows = self._epoch_batches()[self.batch][self.offset : self.offset + self.per_process]
+        self.batch += 1
+        out = {
+            "query": [self.pairs[i]["query"] for i in rows],
+            "positive": [self.pairs[i]["positive"] for i in rows],
+            "source": self.source,
+        }
+        if self.has_negatives:
+            out["negatives"] = [list(self.pairs[i].get("negatives") or []) for i in rows]
+        return out
+
+
+def measure_pair_throughput(
+    batcher: Iterator[dict], tokenizer: Tokenizer, max_length: int, num_batches: int
+) -> dict[str, float]:
+    """Tokens/s of batching and tokenizing queries and positives (`tokenize_texts`)."""
+    tokens = texts = 0
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        batch = next(batcher)
+        for key in ("query", "positive"):
+            arrays = tokenize_texts(tokenizer, batch[key], max_length)
+            tokens += int(arrays["attention_mask"].sum())
+            texts += len(batch[key])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens_per_s": tokens / seconds, "texts_per_s": texts / seconds}

@@ -1,0 +1,173 @@
+"""Byte-level BPE for code: train, save in the HF layout, load; and batch tokenization to arrays.
+
+The special tokens are the released jina-embeddings-v2-base-code's RoBERTa-style ones, in its id
+order: `<s>`=0 (CLS), `<pad>`=1, `</s>`=2 (SEP), `<unk>`=3, `<mask>`=4. Byte-level BPE keeps every
+byte, so whitespace and indentation survive a decode exactly; the GPT-2 split keeps runs of spaces
+as their own pieces, which the merges then learn as indentation tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+VOCAB_MULTIPLE = 64
+
+# Names a loaded tokenizer may use for each role: ours/RoBERTa's first, then BERT's.
+_ROLE_NAMES = {
+    "cls": ("<s>", "[CLS]"),
+    "sep": ("</s>", "[SEP]"),
+    "pad": ("<pad>", "[PAD]"),
+    "mask": ("<mask>", "[MASK]"),
+    "unk": ("<unk>", "[UNK]"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens a tokenizer uses, whatever their spelling."""
+
+    cls: int
+    sep: int
+    pad: int
+    mask: int
+    unk: int
+    all: tuple[int, ...]  # every special/added-special id (never masked, never a random token)
+
+
+def special_ids(tokenizer: Tokenizer) -> SpecialIds:
+    """Finds the CLS/SEP/PAD/MASK/UNK ids of `tokenizer` (RoBERTa or BERT spellings)."""
+    found = {}
+    for role, names in _ROLE_NAMES.items():
+        ids = [tokenizer.token_to_id(n) for n in names]
+        ids = [i for i in ids if i is not None]
+        if not ids:
+            raise ValueError(f"tokenizer has no {role} token (looked for {', '.join(names)})")
+        found[role] = ids[0]
+    added = tokenizer.get_added_tokens_decoder()
+    specials = {i for i, tok in added.items() if tok.special} | set(found.values())
+    return SpecialIds(**found, all=tuple(sorted(specials)))
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 61056,
+    min_frequency: int = 2,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+    max_token_length: int | None = 32,
+) -> Tokenizer:
+    """Trains a byte-level BPE on `texts`; the vocabulary is padded to a multiple of 64.
+
+    A small corpus can end below `vocab_size`; `<unused{i}>` tokens then round it up, so the
+    embedding table always has a multiple-of-64 row count.
+    """
+    if vocab_size % VOCAB_MULTIPLE:
+        raise ValueError(f"vocab_size {vocab_size} is not a multiple of {VOCAB_MULTIPLE}")
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=max_token_length,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    short = -tok.get_vocab_size() % VOCAB_MULTIPLE
+    if short:
+        tok.add_special_tokens([f"<unused{i}>" for i in range(short)])
+    cls, sep = special_tokens[0], special_tokens[2]
+    # RoBERTa's template: <s> A </s> and <s> A </s></s> B </s>; trim_offsets off so offsets point
+    # at the exact bytes, whitespace included.
+    tok.post_processor = processors.RobertaProcessing(
+        (sep, tok.token_to_id(sep)), (cls, tok.token_to_id(cls)), trim_offsets=False
+    )
+    return tok
+
+
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike, model_max_length: int = 8192):
+    """Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (the files
+    `PreTrainedTokenizerFast.from_pretrained(out_dir)` reads)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    ids = special_ids(tokenizer)
+    names = {role: tokenizer.id_to_token(getattr(ids, role)) for role in _ROLE_NAMES}
+    special_map = {
+        "bos_token": names["cls"],
+        "eos_token": names["sep"],
+        "cls_token": names["cls"],
+        "sep_token": names["sep"],
+        "pad_token": names["pad"],
+        "mask_token": names["mask"],
+        "unk_token": names["unk"],
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "add_prefix_space": False,
+        **special_map,
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Loads a `tokenizer.json` file, a directory holding one (ours or any HF model's), or a hub
+    name (needs network access)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in tokenizer directory {str(path)!r}")
+    if p.is_file():
+        return Tokenizer.from_file(str(p))
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)):
+        raise FileNotFoundError(f"tokenizer {str(path)!r} is neither a file nor a directory")
+    try:
+        return Tokenizer.from_pretrained(str(path))
+    except Exception as e:  # offline, or no such repo
+        raise FileNotFoundError(
+            f"tokenizer {str(path)!r}: not local and not loadable from the hub"
+            f" ({type(e).__name__}: {e})"
+        ) from e
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens, through the parallel batch API."""
+    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def tokenize_texts(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    pad_to: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Texts to `input_ids` / `attention_mask` int32 arrays of shape [B, L].
+
+    Each row is CLS, the text's first `max_length - 2` tokens, SEP, then PAD. L is `pad_to` if
+    given (a fixed shape avoids recompiles), else `max_length`.
+    """
+    ids = special_ids(tokenizer)
+    L = pad_to or max_length
+    if L < max_length:
+        raise ValueError(f"pad_to {pad_to} is shorter than max_length {max_length}")
+    input_ids_BL = np.full((len(texts), L), ids.pad, np.int32)
+    attention_mask_BL = np.zeros((len(texts), L), np.int32)
+    for b, toks in enumerate(encode_texts(tokenizer, texts)):
+        row = [ids.cls, *toks[: max_length - 2], ids.sep]
+        input_ids_BL[b, : len(row)] = row
+        attention_mask_BL[b, : len(row)] = 1
+    return {"input_ids": input_ids_BL, "attention_mask": attention_mask_BL}

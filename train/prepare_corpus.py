@@ -1,0 +1,58 @@
+"""Build the corpus, tokenizer and docstring/code pairs both training stages read.
+
+  python -m train.prepare_corpus --out artifacts/data-demo --max-bytes 20000000   # demo, <1 min
+  scripts/fetch_sources.sh data/sources                                           # more languages
+  python -m train.prepare_corpus --out artifacts/data --fetched data/sources      # docs/data.md
+
+With no --source, the sources are the running Python's stdlib, site-packages and C headers.
+"""
+
+import argparse
+
+from jbert.data.corpus import default_sources, fetched_sources, parse_source
+from jbert.data.prepare import PrepareConfig, prepare_data
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="artifacts/data", help="output directory")
+    p.add_argument("--source", action="append", default=[], help="NAME=PATH[@DEPTH], repeatable")
+    p.add_argument("--fetched", help="also walk what scripts/fetch_sources.sh put in this folder")
+    p.add_argument("--no-default-sources", action="store_true", help="skip the Python install")
+    p.add_argument("--max-files", type=int)
+    p.add_argument("--max-bytes", type=int, help="stop the walk after this much kept text")
+    p.add_argument("--max-file-bytes", type=int, default=1 << 20)
+    p.add_argument("--test-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=61056)
+    p.add_argument("--tokenizer-max-bytes", type=int, default=64 << 20)
+    p.add_argument("--tokenizer", help="use this tokenizer (file, directory or hub name)")
+    p.add_argument("--no-pairs", action="store_true")
+    p.add_argument("--pair-workers", type=int, default=1)
+    p.add_argument("--no-measure", action="store_true", help="skip the throughput measurements")
+    a = p.parse_args(argv)
+
+    # Extra languages first: a --max-bytes cap then trims the (large) Python installation.
+    sources = fetched_sources(a.fetched) if a.fetched else []
+    sources += [parse_source(s) for s in a.source]
+    sources += [] if a.no_default_sources else default_sources()
+    if not sources:
+        p.error("no sources: drop --no-default-sources or give --source/--fetched")
+    cfg = PrepareConfig(
+        max_files=a.max_files,
+        max_bytes=a.max_bytes,
+        max_file_bytes=a.max_file_bytes,
+        test_fraction=a.test_fraction,
+        seed=a.seed,
+        vocab_size=a.vocab_size,
+        tokenizer_max_bytes=a.tokenizer_max_bytes,
+        tokenizer=a.tokenizer,
+        pairs=not a.no_pairs,
+        pair_workers=a.pair_workers,
+        measure=not a.no_measure,
+    )
+    prepare_data(sources, a.out, cfg)
+
+
+if __name__ == "__main__":
+    main()
