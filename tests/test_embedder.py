@@ -1,0 +1,72 @@
+import inspect
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jbert import functional
+from jbert.config import preset
+from jbert.data.tokenizer import train_tokenizer
+from jbert.embedder import Embedder, bucket_lengths
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    # A real tokenizer trained on real code: this very module and the json package.
+    texts = [inspect.getsource(json), inspect.getsource(inspect)]
+    tokenizer = train_tokenizer(texts, vocab_size=1024)
+    config = preset("tiny", vocab_size=tokenizer.get_vocab_size(), attention_block_size=64)
+    params = functional.init_params(config, jax.random.key(0))
+    return Embedder(config, params, tokenizer, max_length=512)
+
+
+TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "sum two numbers",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n" * 6,
+    "x",
+    "for i, item in enumerate(items):\n    print(i, item)\n",
+    "import os\nprint(os.getcwd())",
+    "",
+]
+
+
+def test_unit_norm_and_input_order(embedder):
+    emb = embedder.encode(TEXTS, batch_size=4)
+    assert emb.shape == (len(TEXTS), embedder.config.hidden_size)
+    norms = np.linalg.norm(emb[:-1], axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    for i, text in enumerate(TEXTS[:-1]):
+        np.testing.assert_allclose(embedder.encode(text), emb[i], atol=1e-5)
+
+
+def test_independent_of_batch_size(embedder):
+    by_size = [embedder.encode(TEXTS, batch_size=b) for b in (1, 3, 8)]
+    for emb in by_size[1:]:
+        np.testing.assert_allclose(emb, by_size[0], atol=1e-5)
+
+
+def test_matches_the_functional_forward(embedder):
+    text = TEXTS[4]
+    ids = embedder.tokenize([text], 512)[0]
+    hidden = functional.forward(embedder.config, embedder.params, np.array([ids]))
+    pooled = np.asarray(hidden[0]).mean(0)
+    np.testing.assert_allclose(embedder.encode(text), pooled / np.linalg.norm(pooled),
+                               atol=1e-5)
+
+
+def test_truncates_to_max_length_and_buckets(embedder):
+    long_text = "value = compute(value) + 1\n" * 400
+    assert len(embedder.tokenize([long_text], 512)[0]) == 512
+    emb = embedder.encode([long_text], max_length=512, batch_size=2)
+    assert np.isfinite(emb).all()
+    assert bucket_lengths(8192)[:3] == [16, 32, 64] and bucket_lengths(8192)[-1] == 8192
+    assert bucket_lengths(100) == [16, 32, 64, 100]
+
+
+def test_bad_arguments(embedder):
+    with pytest.raises(ValueError, match="max_length"):
+        embedder.encode(["a"], max_length=10_000)
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.encode(["a"], batch_size=0)
