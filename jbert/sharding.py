@@ -81,6 +81,25 @@ def tree_shardings(mesh: Mesh, axes_tree: Any, abstract_tree: Any) -> Any:
         axes_tree, abstract_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Batch-major arrays: rows split over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + ("length",) * (ndim - 1)))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch-major arrays of any rank: rows split over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",)))
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """`jax.distributed.initialize` for multi-host runs; a no-op for one process.
+
+    On TPU pods and SLURM/Kubernetes clusters JAX discovers all three by itself: pass
+    `coordinator="auto"`.
+    """
+    if coordinator is None:
+        return
+    # CPU processes talk through gloo (tests and CPU clusters); GPUs and TPUs ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return
+    if num_processes is None or process_id is None:
+        raise ValueError("--coordinator needs --num_processes and --process_id")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)

@@ -1,0 +1,36 @@
+"""MLM pretraining, CPU-sized twin of pretrain_base_code.py.
+
+Run:   python -m train.pretrain --config configs/pretrain_tiny.py
+Where: any CPU (measured on 2 cores); builds its data from the running Python's own sources
+       into artifacts/data-tiny on first use (about a minute), then trains.
+Time:  about 3 minutes for 300 steps of 32 x 128 tokens on 2 cores.
+Reach: held-out MLM loss well below the unigram entropy of the corpus (printed at the end as
+       data.unigram_entropy, about 6 nats); MLM accuracy above 30%.
+Arg:   `configs/pretrain_tiny.py:smoke` runs 20 steps (tests).
+"""
+
+from jbert.config import preset
+from jbert.optim import OptimConfig
+from jbert.train_config import CheckpointConfig, DataConfig, TrainConfig
+
+
+def get_config(arg: str | None = None) -> TrainConfig:
+    vocab = 4096
+    config = TrainConfig(
+        model=preset("tiny-code", vocab_size=vocab, hidden_size=128, num_attention_heads=4,
+                     intermediate_size=256, num_hidden_layers=2, hidden_dropout_prob=0.0),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, decay="linear",
+                          weight_decay=0.01, clip_norm=1.0),
+        data=DataConfig(dir="artifacts/data-tiny", prepare_if_missing=True,
+                        prepare_max_bytes=8 << 20, prepare_vocab_size=vocab, seq_len=128,
+                        batch_size=32, docs_per_chunk=64, mask_rate=0.3, whole_word=True),
+        checkpoint=CheckpointConfig(every_steps=100, keep=2),
+        workdir="runs/pretrain-tiny",
+        steps=300, log_every=10, eval_every=100, eval_batches=4,
+    )
+    if arg == "smoke":
+        config = config.__class__(**{**config.__dict__, "steps": 20, "eval_every": 10,
+                                     "log_every": 5})
+    elif arg:
+        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r} (known: smoke)")
+    return config

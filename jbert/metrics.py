@@ -1,0 +1,102 @@
+"""Training logs: JSONL (the record), TensorBoard (the curves), a progress bar (the terminal).
+
+Only process 0 writes. Metrics arrive as sums with denominators and are turned into means here;
+throughput and MFU are computed from wall time between two log points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, for MFU. Unknown kinds (CPUs) report no MFU.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4": 121e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device(override: float | None = None) -> float | None:
+    if override:
+        return override
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+
+
+def encoder_flops_per_token(config, seq_len: int, decoder_rows: int = 0) -> float:
+    """Training FLOPs per token: 6 x matmul parameters + attention in full (12 x layers x L x D).
+
+    `decoder_rows` is the output vocabulary projected at every position (MLM logits), 0 when
+    only the encoder runs.
+    """
+    d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    mlp = 3 * d * f if config.feed_forward_type.endswith("glu") else 2 * d * f
+    per_layer = 4 * d * d + mlp
+    matmul_params = n * per_layer + decoder_rows * d + (d * d if decoder_rows else 0)
+    return 6.0 * matmul_params + 12.0 * n * seq_len * d
+
+
+class MetricsLogger:
+    def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int,
+                 progress: bool = True, prefix: str = ""):
+        self.is_main = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = self._bar = None
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        except ImportError:  # TensorBoard is optional; the JSONL is the record
+            self._tb = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=prefix or "train",
+                             dynamic_ncols=True, mininterval=1.0)
+
+    def write(self, step: int, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, "time": time.time(), **record}
+        self._file.write(json.dumps(record, default=float) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time") and \
+                        math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None:
+            shown = {k: f"{v:.4g}" for k, v in record.items()
+                     if k in ("loss", "accuracy", "eval_loss", "tokens_per_s", "mfu")}
+            self._bar.set_postfix(shown, refresh=False)
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def print(self, message: str) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()

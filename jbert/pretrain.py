@@ -1,0 +1,79 @@
+"""MLM pretraining: the task the shared trainer runs for `python -m train.pretrain`."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections import Counter
+from pathlib import Path
+
+from jbert.data.corpus import default_sources, load_corpus
+from jbert.data.mlm import MaskConfig, StreamConfig, mlm_iterator
+from jbert.data.prepare import PrepareConfig, prepare_data
+from jbert.data.tokenizer import load_tokenizer
+from jbert.metrics import encoder_flops_per_token
+from jbert.steps import mlm_loss_fn
+from jbert.train_config import DataConfig, TrainConfig
+from jbert.trainer import Task
+
+
+def ensure_data(cfg: DataConfig) -> Path:
+    """The prepared data directory; built from the running Python's sources when allowed."""
+    root = Path(cfg.dir)
+    if (root / "corpus").is_dir() and (root / "tokenizer").is_dir():
+        return root
+    if not cfg.prepare_if_missing:
+        raise FileNotFoundError(
+            f"data.dir={cfg.dir}: no corpus/ and tokenizer/ there; run "
+            f"`python -m train.prepare_corpus --out {cfg.dir}` or set "
+            "--config.data.prepare_if_missing=true")
+    prepare_data(default_sources(), root, PrepareConfig(
+        max_bytes=cfg.prepare_max_bytes, vocab_size=cfg.prepare_vocab_size,
+        tokenizer_max_bytes=cfg.prepare_max_bytes, seed=cfg.seed, measure=False))
+    return root
+
+
+def unigram_entropy(texts, tokenizer, max_texts: int = 2000) -> float:
+    """Entropy (nats) of the token unigram distribution: the loss of a model without context."""
+    counts = Counter()
+    for enc in tokenizer.encode_batch(list(itertools.islice(texts, max_texts))):
+        counts.update(enc.ids)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
+    """The MLM task and facts about its data (vocab, unigram entropy of the held-out split)."""
+    root = ensure_data(cfg.data)
+    tokenizer = load_tokenizer(root / "tokenizer")
+    if tokenizer.get_vocab_size() > cfg.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.get_vocab_size()} tokens ({root / 'tokenizer'})")
+    train_docs = load_corpus(root / "corpus", "train")
+    test_docs = load_corpus(root / "corpus", "test")
+    stream = StreamConfig(
+        seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size // process_count,
+        docs_per_chunk=cfg.data.docs_per_chunk, seed=cfg.data.seed,
+        mask=MaskConfig(rate=cfg.data.mask_rate, whole_word=cfg.data.whole_word))
+    held_out = dataclasses.replace(stream, shuffle=False, num_epochs=1, seed=cfg.data.seed + 1)
+
+    def train_data(process_index, process_count, state):
+        return mlm_iterator(train_docs, tokenizer, stream, process_index, process_count, state)
+
+    def eval_data(process_index, process_count):
+        it = mlm_iterator(test_docs, tokenizer, held_out, process_index, process_count)
+        batches = list(itertools.islice(it, cfg.eval_batches))
+        it.close()
+        return batches
+
+    task = Task(head="masked_lm", loss_fn=mlm_loss_fn(cfg.model), train_data=train_data,
+                eval_data=eval_data if len(test_docs) else None,
+                flops_per_token=encoder_flops_per_token(cfg.model, cfg.data.seq_len,
+                                                        decoder_rows=cfg.model.vocab_size))
+    facts = {"data_dir": str(root), "vocab_size": tokenizer.get_vocab_size(),
+             "train_documents": len(train_docs), "test_documents": len(test_docs),
+             "unigram_entropy": unigram_entropy((r["text"] for r in test_docs or train_docs),
+                                                tokenizer)}
+    return task, facts

@@ -1,0 +1,91 @@
+"""Pure train and eval steps: `(state, batch) -> (state, metrics)`, jitted once by the trainer.
+
+A loss function returns `(loss_sum, sums)`: the loss summed over its examples and a dict of
+summed metrics with their denominators (`count` is the one the loss is averaged by). Summing
+lets gradient accumulation and the global batch give exactly the full-batch average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jbert import functional, losses
+from jbert.config import JinaBertConfig
+from jbert.state import State
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def mlm_loss_fn(config: JinaBertConfig) -> LossFn:
+    """Masked-LM cross entropy over the labelled positions, plus accuracy and token counts."""
+
+    def loss(params, batch: Batch, dropout_rng):
+        out = functional.apply(
+            config, params, batch["input_ids"], batch["attention_mask"],
+            batch.get("token_type_ids"), batch.get("segment_ids"), head="masked_lm",
+            dropout_rng=dropout_rng)
+        logits_BLV, labels_BL = out["logits"], batch["labels"]
+        loss_sum, count = losses.cross_entropy(logits_BLV, labels_BL)
+        correct = jnp.sum((jnp.argmax(logits_BLV, -1) == labels_BL) & (labels_BL >= 0))
+        return loss_sum, {"loss_sum": loss_sum, "count": count, "correct": correct,
+                          "tokens": jnp.sum(batch["attention_mask"])}
+
+    return loss
+
+
+def _micro_batches(batch: Batch, n: int) -> Batch:
+    """[B, ...] -> [n, B / n, ...], micro-batch i taking rows i, i + n, ...: each device keeps
+    its own rows, so no resharding is needed."""
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into grad_accum={n}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def train_step(state: State, batch: Batch, *, loss_fn: LossFn,
+               tx: optax.GradientTransformation, grad_accum: int = 1,
+               skip_nonfinite: bool = False) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer step over the global batch, averaged over `sums['count']`."""
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+        grads_acc, sums_acc = carry
+        index, micro_batch = xs
+        grads, sums = grad_fn(state["params"], micro_batch, jax.random.fold_in(step_rng, index))
+        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+        return (grads_acc, jax.tree.map(jnp.add, sums_acc, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    sums_shape = jax.eval_shape(grad_fn, state["params"], jax.tree.map(lambda x: x[0], (
+        _micro_batches(batch, grad_accum))), step_rng)[1]
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+    (grads, sums), _ = jax.lax.scan(
+        micro, (zeros, sums0), (jnp.arange(grad_accum), _micro_batches(batch, grad_accum)))
+    count = jnp.maximum(sums["count"], 1).astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:  # keep the old weights and moments, still advance step and rng
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                         (params, opt_state),
+                                         (state["params"], state["opt_state"]))
+    new_state = {"step": state["step"] + 1, "rng": jax.random.key_data(rng), "params": params,
+                 "opt_state": opt_state}
+    metrics = {**sums, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, loss_fn: LossFn) -> dict[str, jax.Array]:
+    """Summed metrics on a batch, dropout off."""
+    return loss_fn(params, batch, None)[1]

@@ -1,0 +1,303 @@
+"""The one training loop both stages share (MLM pretraining and contrastive tuning).
+
+A `Task` says what is trained (head, loss, data); the loop does the rest: mesh, sharded state,
+resume or weights-only init, the jitted step with donated state, global batches assembled from
+each process's own rows, metrics one step late, periodic eval, checkpoints with the data
+position, a stop on non-finite numbers that keeps the last good checkpoint, and a clean save on
+SIGTERM (preemption notice).
+
+Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_from` (weights
+only, fresh optimizer and data), which beats fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from jbert import functional
+from jbert.checkpoint import Checkpointer
+from jbert.metrics import MetricsLogger, peak_flops_per_device
+from jbert.optim import make_optimizer
+from jbert.sharding import batch_sharding, make_mesh
+from jbert.state import abstract_with_shardings, init_state, param_shardings
+from jbert.steps import LossFn, eval_step, train_step
+from jbert.train_config import TrainConfig, to_json
+
+
+class DataIterator(Protocol):
+    """Yields this process's rows of each global batch (dict of numpy arrays)."""
+
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict: ...
+
+
+@dataclasses.dataclass
+class Task:
+    head: str
+    loss_fn: LossFn
+    # (process_index, process_count, saved state or None) -> iterator of local batches
+    train_data: Callable[[int, int, dict | None], DataIterator]
+    # (process_index, process_count) -> local eval batches
+    eval_data: Callable[[int, int], list[dict[str, np.ndarray]]] | None = None
+    flops_per_token: float = 0.0
+    # Extra evaluation on the params (e.g. retrieval); returns scalars to log.
+    evaluate: Callable[[Any], dict[str, float]] | None = None
+    # Metric sums -> logged means; the default fits `count`-averaged losses.
+    summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def default_summary(sums: dict[str, float]) -> dict[str, float]:
+    count = max(sums.get("count", 1.0), 1.0)
+    out = {"loss": sums["loss_sum"] / count}
+    if "correct" in sums:
+        out["accuracy"] = sums["correct"] / count
+    return out
+
+
+def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per key (rows of all processes, in order)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def check_batch_layout(cfg: TrainConfig, mesh) -> int:
+    """Rows per process; errors name the config keys that do not fit together."""
+    rows, processes = cfg.data.batch_size, jax.process_count()
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % (batch_devices * cfg.grad_accum):
+        raise ValueError(
+            f"data.batch_size={rows} does not split over mesh data x fsdp = {batch_devices} "
+            f"devices times grad_accum={cfg.grad_accum}")
+    if rows % processes:
+        raise ValueError(f"data.batch_size={rows} does not split over {processes} processes")
+    return rows // processes
+
+
+def init_params_from(source: str, config, head: str) -> Any:
+    """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir."""
+    path = Path(source)
+    if (path / "config.json").is_file():
+        from jbert.hf import load_pretrained
+
+        _, params = load_pretrained(path, head=head)
+        return params
+    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    checkpointer = Checkpointer(ckpt_dir)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"init_from={source}: neither an HF export (config.json) nor "
+                                "a directory with orbax checkpoints")
+    abstract = functional.abstract_params(config, "masked_lm")
+    params = checkpointer.restore_params(step, abstract)
+    checkpointer.close()
+    return transplant_encoder(params, config, head)
+
+
+def transplant_encoder(params: Any, config, head: str) -> Any:
+    """The encoder of a trained head (`bert`) put into a fresh `head`'s parameter tree."""
+    encoder = functional.encoder_params(params)
+    if head == "base":
+        fresh = dict(functional.init_params(config, jax.random.key(0), "base"))
+        fresh.update({k: v for k, v in encoder.items() if k in fresh})
+        return fresh
+    fresh = dict(functional.init_params(config, jax.random.key(0), head))
+    bert = dict(fresh["bert"])
+    bert.update({k: v for k, v in encoder.items() if k in bert})
+    fresh["bert"] = bert
+    return fresh
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop reads at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training to `cfg.steps`; returns the final summary.
+
+    `stop_at` ends this run early with a checkpoint at that step (the schedule still spans
+    `cfg.steps`): runs split into time-limited chunks, and the resume tests.
+    """
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    local_rows = check_batch_layout(cfg, mesh)
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    model_config = cfg.model
+    abstract = abstract_with_shardings(mesh, model_config, task.head, tx)
+    state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save)
+    summarize = task.summarize or default_summary
+
+    latest = checkpointer.latest_step()
+    data_state = None
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(latest, abstract)
+        origin = f"resumed from step {latest}"
+    elif cfg.init_from:
+        params = init_params_from(cfg.init_from, model_config, task.head)
+        state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params)
+        origin = f"weights from {cfg.init_from}"
+    else:
+        state = init_state(mesh, model_config, task.head, tx, cfg.seed)
+        origin = "fresh initialisation"
+    start_step = int(state["step"])
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(to_json(cfg))
+
+    data = task.train_data(jax.process_index(), jax.process_count(), data_state)
+    batch_sh = batch_sharding(mesh)
+    step_fn = jax.jit(
+        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=cfg.grad_accum,
+                          skip_nonfinite=cfg.on_nonfinite == "skip"),
+        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn),
+                      in_shardings=(param_shardings(mesh, model_config, task.head), batch_sh))
+    eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
+                    if task.eval_data else [])
+
+    logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
+                           progress=cfg.progress, prefix=task.head)
+    logger.print(f"[jbert] {origin}; {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
+                 f"{local_rows} rows per process; logs in {workdir}")
+    peak = peak_flops_per_device(cfg.peak_flops_per_device)
+
+    def run_eval(params) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if eval_batches:
+            sums: dict[str, float] = {}
+            for local in eval_batches:
+                metrics = jax.device_get(eval_fn(params, global_batch(local, batch_sh)))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            out.update({f"eval_{k}": v for k, v in summarize(sums).items()})
+        if task.evaluate is not None:
+            out.update(task.evaluate(params))
+        return out
+
+    def save(step: int, state, data_position: dict, meta: dict, force: bool = False) -> None:
+        checkpointer.save(step, state, data_position, meta, force=force)
+
+    summary: dict[str, Any] = {"start_step": start_step, "origin": origin, "status": "running"}
+    pending = None  # (step, metrics on device, data position before the batch)
+    window = {"tokens": 0.0, "time": time.perf_counter(), "sums": {}}
+
+    def drain(pending) -> dict[str, float]:
+        """Fetches a step's metrics (one step late), logs them, stops on non-finite numbers."""
+        step, metrics, position = pending
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not values.pop("finite"):
+            event = {"event": "nonfinite", "step": step, "data_position": position,
+                     "action": cfg.on_nonfinite, **values}
+            logger.write(step, event)
+            if jax.process_index() == 0:
+                with (workdir / "events.jsonl").open("a") as f:
+                    f.write(json.dumps(event, default=float) + "\n")
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteError(f"non-finite loss or gradient at step {step} (data "
+                                     f"position {position}); last good checkpoint: "
+                                     f"{checkpointer.latest_step()}")
+        for k, v in values.items():
+            window["sums"][k] = window["sums"].get(k, 0.0) + v
+        window["tokens"] += values.get("tokens", 0.0)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window["time"]
+            record = summarize(window["sums"])
+            record.update(grad_norm=values["grad_norm"],
+                          learning_rate=float(learning_rate(step - 1)),
+                          tokens_per_s=window["tokens"] / max(elapsed, 1e-9),
+                          steps_remaining=cfg.steps - step)
+            record["eta_s"] = (cfg.steps - step) * elapsed / cfg.log_every
+            if peak and task.flops_per_token:
+                record["mfu"] = (record["tokens_per_s"] * task.flops_per_token
+                                 / (peak * jax.device_count()))
+            logger.write(step, record)
+            summary["last"] = record
+            window.update(tokens=0.0, time=time.perf_counter(), sums={})
+        logger.advance(step)
+        return values
+
+    from jbert.optim import learning_rate_schedule
+
+    learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)
+
+    with _Preemption() as preemption:
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                position = data.get_state()
+                state, metrics = step_fn(state, global_batch(next(data), batch_sh))
+                if pending is not None:
+                    drain(pending)
+                pending = (step, metrics, position)
+                stopping = preemption.requested or step == stop_at
+                checkpoint_due = step % cfg.checkpoint.every_steps == 0 or step == cfg.steps
+                if checkpoint_due or stopping:
+                    drain(pending)  # never checkpoint a state whose step was non-finite
+                    pending = None
+                    save(step, state, data.get_state(), {"step": step, **summary.get("last", {})},
+                         force=True)
+                if step % cfg.eval_every == 0 and step != cfg.steps:
+                    record = run_eval(state["params"])
+                    if record:
+                        logger.write(step, record)
+                if stopping:
+                    summary["status"] = "preempted" if preemption.requested else "stopped"
+                    logger.print(f"[jbert] {summary['status']}: saved step {step}, exiting")
+                    break
+            else:
+                if pending is not None:
+                    drain(pending)
+                summary["final_eval"] = run_eval(state["params"])
+                logger.write(cfg.steps, summary["final_eval"])
+                summary["status"] = "done"
+        except NonFiniteError as e:
+            summary["status"] = "nonfinite"
+            summary["error"] = str(e)
+            logger.print(f"[jbert] stopped: {e}")
+            raise
+        finally:
+            checkpointer.close()
+            logger.close()
+            summary["end_step"] = int(jax.device_get(state["step"]))
+            if jax.process_index() == 0:
+                (workdir / "summary.json").write_text(json.dumps(summary, indent=1,
+                                                                 default=float))
+    summary["state"] = state
+    return summary
+
+
+def batches_forever(make: Callable[[], Iterator]) -> Iterator:
+    while True:
+        yield from make()
