@@ -47,6 +47,10 @@ class Checkpointer:
         ))
         return restored["state"], restored["data"], restored["meta"]
 
+    def restore_meta(self, step: int) -> dict:
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters (weights-only initialisation from another run)."""
         target = {"params": abstract_params}

@@ -63,8 +63,8 @@ def apply(config: JinaBertConfig, params: Params, *args: Any, head: str = "base"
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(config, params, input_ids_BL, attention_mask_BL, token_type_ids_BL):
-    return apply(config, params, input_ids_BL, attention_mask_BL,
-                 token_type_ids_BL)["last_hidden_state"]
+    return apply(config, params, input_ids_BL, attention_mask_BL, token_type_ids_BL,
+                 head=encoder_head(params))["last_hidden_state"]
 
 
 def forward(config: JinaBertConfig, params: Params, input_ids: Any, attention_mask: Any = None,
@@ -83,11 +83,17 @@ def encoder_params(params: Params) -> Params:
     return params["bert"] if "bert" in params and "embeddings" not in params else params
 
 
+def encoder_head(encoder: Params) -> str:
+    """`base` for an encoder with pooler, `encoder` for one without (from an MLM head)."""
+    return "base" if "pooler" in encoder else "encoder"
+
+
 def embed(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
           attention_mask_BL: jax.Array, token_type_ids_BL: jax.Array | None = None,
           *, dropout_rng: jax.Array | None = None, normalize: bool = True) -> jax.Array:
     """Sentence embeddings [B, D]: mean pooling over real tokens, then L2 normalisation."""
-    out = apply(config, encoder_params(params), input_ids_BL, attention_mask_BL,
-                token_type_ids_BL, dropout_rng=dropout_rng)
+    encoder = encoder_params(params)
+    out = apply(config, encoder, input_ids_BL, attention_mask_BL, token_type_ids_BL,
+                head=encoder_head(encoder), dropout_rng=dropout_rng)
     pooled_BD = mean_pool(out["last_hidden_state"], attention_mask_BL)
     return l2_normalize(pooled_BD) if normalize else pooled_BD

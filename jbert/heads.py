@@ -305,8 +305,10 @@ HEADS: dict[str, type[nnx.Module]] = {
 
 def build(config: JinaBertConfig, head: str, rngs: nnx.Rngs) -> nnx.Module:
     """A head module by name; weights carry logical axes as metadata (no mesh needed)."""
-    if head not in HEADS:
+    if head not in HEADS and head != "encoder":
         raise KeyError(f"unknown head {head!r}; known: {sorted(HEADS)}")
     with nnx.use_eager_sharding(False):
+        if head == "encoder":  # the base model without pooler, as inside MLM/QA/token heads
+            return JinaBertModel(config, add_pooling_layer=False, rngs=rngs)
         return HEADS[head](config, rngs=rngs)
 

@@ -182,3 +182,20 @@ def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
 
 def to_json(config: Any) -> str:
     return json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """The inverse of `dataclasses.asdict` for nested config dataclasses (a run's config.json).
+
+    Keys the dataclass no longer has are an error that names them.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise KeyError(f"{cls.__name__}: unknown keys {unknown} in saved config")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        kwargs[name] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)

@@ -266,8 +266,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
                 if checkpoint_due or stopping:
                     drain(pending)  # never checkpoint a state whose step was non-finite
                     pending = None
-                    save(step, state, data.get_state(), {"step": step, **summary.get("last", {})},
-                         force=True)
+                    save(step, state, data.get_state(),
+                         {"step": step, "head": task.head, **summary.get("last", {})}, force=True)
                 if step % cfg.eval_every == 0 and step != cfg.steps:
                     record = run_eval(state["params"])
                     if record:

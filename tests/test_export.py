@@ -1,0 +1,46 @@
+import jax
+import numpy as np
+import pytest
+from helpers.synthetic import synthetic_task, tiny_config
+
+from jbert import functional
+from jbert.export import export_run, load_run_params, run_config
+from jbert.hf import load_pretrained
+from jbert.trainer import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(workdir, steps=3)
+    train(cfg, synthetic_task(cfg))
+    return workdir
+
+
+def test_export_of_a_run_loads_back_with_the_same_outputs(run_dir, tmp_path):
+    config, params, head, step = load_run_params(run_dir)
+    assert head == "masked_lm" and step == 3
+    assert run_config(run_dir).steps == 3
+    ids = np.array([[5, 9, 33, 7, 4, 100]], np.int32)
+    for export_head in ("masked_lm", "base"):
+        out = export_run(run_dir, tmp_path / export_head, head=export_head)
+        loaded_config, loaded = load_pretrained(out, head=export_head)
+        assert loaded_config.hidden_size == config.hidden_size
+        np.testing.assert_array_equal(
+            functional.forward(loaded_config, loaded, ids),
+            functional.forward(config, params, ids))
+    mlm = functional.apply(config, params, ids, head="masked_lm")["logits"]
+    _, loaded = load_pretrained(tmp_path / "masked_lm", head="masked_lm")
+    np.testing.assert_array_equal(
+        functional.apply(config, loaded, ids, head="masked_lm")["logits"], mlm)
+
+
+def test_export_errors(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        export_run(tmp_path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 99"):
+        export_run(run_dir, tmp_path / "out", step=99)
+    export_run(run_dir, tmp_path / "once")
+    with pytest.raises(FileExistsError):
+        export_run(run_dir, tmp_path / "once")
+    assert jax.device_count() == 8

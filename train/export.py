@@ -1,0 +1,32 @@
+"""Export a training run's checkpoint to the released Hugging Face layout.
+
+  python -m train.export --checkpoint runs/pretrain-tiny --out artifacts/export [--step N]
+      [--head base] [--tokenizer DIR] [--overwrite]
+
+`--head base` writes only the encoder (an embedding model for AutoModel/SentenceTransformer);
+by default the trained head is exported (JinaBertForMaskedLM for an MLM run).
+"""
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a run directory (its workdir)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int)
+    p.add_argument("--head", choices=["base", "masked_lm"])
+    p.add_argument("--tokenizer", help="default: the tokenizer of the run's data directory")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+
+    from jbert.export import export_run
+
+    out = export_run(a.checkpoint, a.out, step=a.step, tokenizer=a.tokenizer, head=a.head,
+                     overwrite=a.overwrite)
+    print(f"exported {a.checkpoint} to {out}")
+
+
+if __name__ == "__main__":
+    main()
