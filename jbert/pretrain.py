@@ -34,17 +34,21 @@ def ensure_data(cfg: DataConfig) -> Path:
     return root
 
 
-def unigram_entropy(texts, tokenizer, max_texts: int = 2000) -> float:
-    """Entropy (nats) of the token unigram distribution: the loss of a model without context."""
+def unigram_loss(train_texts, eval_batches, tokenizer, max_texts: int = 2000) -> float:
+    """Cross entropy (nats) of the eval batches' masked tokens under the training corpus's
+    token frequencies (add-one smoothed): the MLM loss of a model that ignores context."""
     counts = Counter()
-    for enc in tokenizer.encode_batch(list(itertools.islice(texts, max_texts))):
+    for enc in tokenizer.encode_batch(list(itertools.islice(train_texts, max_texts))):
         counts.update(enc.ids)
-    total = sum(counts.values())
-    return -sum(c / total * math.log(c / total) for c in counts.values())
+    vocab = tokenizer.get_vocab_size()
+    total = sum(counts.values()) + vocab
+    losses = [-math.log((counts[int(t)] + 1) / total)
+              for batch in eval_batches for t in batch["labels"][batch["labels"] >= 0]]
+    return sum(losses) / max(len(losses), 1)
 
 
 def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
-    """The MLM task and facts about its data (vocab, unigram entropy of the held-out split)."""
+    """The MLM task and facts about its data (sizes, the unigram loss of the held-out split)."""
     root = ensure_data(cfg.data)
     tokenizer = load_tokenizer(root / "tokenizer")
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
@@ -73,7 +77,8 @@ def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
                 flops_per_token=encoder_flops_per_token(cfg.model, cfg.data.seq_len,
                                                         decoder_rows=cfg.model.vocab_size))
     facts = {"data_dir": str(root), "vocab_size": tokenizer.get_vocab_size(),
-             "train_documents": len(train_docs), "test_documents": len(test_docs),
-             "unigram_entropy": unigram_entropy((r["text"] for r in test_docs or train_docs),
-                                                tokenizer)}
+             "train_documents": len(train_docs), "test_documents": len(test_docs)}
+    if len(test_docs):
+        facts["unigram_loss"] = unigram_loss((r["text"] for r in train_docs), eval_data(0, 1),
+                                             tokenizer)
     return task, facts

@@ -1,3 +1,7 @@
+import json
+import os
+from pathlib import Path
+
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -55,3 +59,28 @@ def test_mesh_errors_name_the_axis():
         make_mesh(fsdp=0)
     with pytest.raises(KeyError, match="nonsense"):
         logical_to_spec(("nonsense",))
+
+
+GOLDEN = Path(__file__).parent / "assets" / "partition_specs_base_code_mlm_2x4.json"
+
+
+def _flat_specs():
+    mesh = make_mesh(data=1, fsdp=2, tensor=4)
+    config = preset("base-code")
+    shardings = tree_shardings(mesh, functional.logical_axes(config, "masked_lm"),
+                               functional.abstract_params(config, "masked_lm"))
+    flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    return {".".join(str(getattr(k, "key", k)) for k in path): [
+        list(a) if isinstance(a, tuple) else a for a in s.spec] for path, s in flat}
+
+
+def test_partition_specs_match_the_golden_file():
+    """Every parameter of the base-code MLM model on a (fsdp=2, tensor=4) mesh.
+
+    Regenerate after an intended change with JBERT_UPDATE_GOLDEN=1 and review the diff.
+    """
+    specs = _flat_specs()
+    if os.environ.get("JBERT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(specs, indent=1, sort_keys=True) + "\n")
+    assert specs == json.loads(GOLDEN.read_text())
+    assert len(specs) == 4 + 12 * 21 + 5  # embeddings, 12 code-layout layers, MLM head
