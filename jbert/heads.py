@@ -128,14 +128,22 @@ class JinaBertForMaskedLM(_Head):
         self.cls = MLMOnlyHead(config, rngs=rngs)
 
     def __call__(self, input_ids_BL, attention_mask_BL=None, token_type_ids_BL=None,
-                 segment_ids_BL=None, *, labels_BL=None, deterministic=True, rngs=None):
+                 segment_ids_BL=None, *, labels_BL=None, positions_BK=None, deterministic=True,
+                 rngs=None):
+        """With `positions_BK`, logits only at those K positions per row ([B, K, V]): the
+        vocabulary projection dominates a small model's step, and MLM needs it only where
+        tokens are masked."""
         out = self.encode(input_ids_BL, attention_mask_BL, token_type_ids_BL, segment_ids_BL,
                           deterministic, rngs)
         x_BLD = out["last_hidden_state"]
-        logits_BLV = self.cls.predictions(x_BLD, self.bert.embeddings.word_embeddings)
-        result = {"logits": logits_BLV, "last_hidden_state": x_BLD}
+        x_BKD = x_BLD if positions_BK is None else jnp.take_along_axis(
+            x_BLD, positions_BK[..., None], axis=1)
+        logits_BKV = self.cls.predictions(x_BKD, self.bert.embeddings.word_embeddings)
+        result = {"logits": logits_BKV, "last_hidden_state": x_BLD}
         if labels_BL is not None:
-            result["loss"] = losses.mean_cross_entropy(logits_BLV, labels_BL)
+            labels_BK = labels_BL if positions_BK is None else jnp.take_along_axis(
+                labels_BL, positions_BK, axis=1)
+            result["loss"] = losses.mean_cross_entropy(logits_BKV, labels_BK)
         return result
 
 

@@ -29,17 +29,18 @@ def peak_flops_per_device(override: float | None = None) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def encoder_flops_per_token(config, seq_len: int, decoder_rows: int = 0) -> float:
+def encoder_flops_per_token(config, seq_len: int, decoder_rows: int = 0,
+                            decoder_fraction: float = 1.0) -> float:
     """Training FLOPs per token: 6 x matmul parameters + attention in full (12 x layers x L x D).
 
-    `decoder_rows` is the output vocabulary projected at every position (MLM logits), 0 when
-    only the encoder runs.
+    `decoder_rows` is the output vocabulary of the MLM head (0 when only the encoder runs),
+    projected at `decoder_fraction` of the positions.
     """
     d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     mlp = 3 * d * f if config.feed_forward_type.endswith("glu") else 2 * d * f
-    per_layer = 4 * d * d + mlp
-    matmul_params = n * per_layer + decoder_rows * d + (d * d if decoder_rows else 0)
-    return 6.0 * matmul_params + 12.0 * n * seq_len * d
+    encoder = n * (4 * d * d + mlp)
+    head = decoder_fraction * (decoder_rows * d + d * d) if decoder_rows else 0.0
+    return 6.0 * (encoder + head) + 12.0 * n * seq_len * d
 
 
 class MetricsLogger:

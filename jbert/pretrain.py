@@ -72,10 +72,13 @@ def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
         it.close()
         return batches
 
-    task = Task(head="masked_lm", loss_fn=mlm_loss_fn(cfg.model), train_data=train_data,
+    loss_fn = mlm_loss_fn(cfg.model, cfg.data.max_predictions)
+    task = Task(head="masked_lm", loss_fn=loss_fn, train_data=train_data,
                 eval_data=eval_data if len(test_docs) else None,
-                flops_per_token=encoder_flops_per_token(cfg.model, cfg.data.seq_len,
-                                                        decoder_rows=cfg.model.vocab_size))
+                flops_per_token=encoder_flops_per_token(
+                    cfg.model, cfg.data.seq_len, decoder_rows=cfg.model.vocab_size,
+                    decoder_fraction=(cfg.data.max_predictions or cfg.data.seq_len)
+                    / cfg.data.seq_len))
     facts = {"data_dir": str(root), "vocab_size": tokenizer.get_vocab_size(),
              "train_documents": len(train_docs), "test_documents": len(test_docs)}
     if len(test_docs):

@@ -22,19 +22,38 @@ Batch = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def mlm_loss_fn(config: JinaBertConfig) -> LossFn:
-    """Masked-LM cross entropy over the labelled positions, plus accuracy and token counts."""
+def labelled_positions(labels_BL: jax.Array, max_predictions: int) -> jax.Array:
+    """Indices [B, K] of the first K labelled positions of each row (then unlabelled ones)."""
+    order_BL = jnp.argsort(labels_BL < 0, axis=1, stable=True)
+    return order_BL[:, :max_predictions]
+
+
+def mlm_loss_fn(config: JinaBertConfig, max_predictions: int | None = None) -> LossFn:
+    """Masked-LM cross entropy over the labelled positions, plus accuracy and token counts.
+
+    With `max_predictions` K, the vocabulary projection runs only at the first K labelled
+    positions of each row; labels beyond K in a row would be dropped, so K should sit well
+    above the masking rate times the length (the trainer counts `dropped`).
+    """
 
     def loss(params, batch: Batch, dropout_rng):
+        labels_BL = batch["labels"]
+        positions_BK = (None if max_predictions is None
+                        else labelled_positions(labels_BL, max_predictions))
         out = functional.apply(
             config, params, batch["input_ids"], batch["attention_mask"],
             batch.get("token_type_ids"), batch.get("segment_ids"), head="masked_lm",
-            dropout_rng=dropout_rng)
-        logits_BLV, labels_BL = out["logits"], batch["labels"]
+            positions_BK=positions_BK, dropout_rng=dropout_rng)
+        logits_BLV = out["logits"]
+        dropped = jnp.zeros((), jnp.int32)
+        if positions_BK is not None:
+            kept_BL = jnp.take_along_axis(labels_BL, positions_BK, axis=1)
+            dropped = jnp.sum(labels_BL >= 0) - jnp.sum(kept_BL >= 0)
+            labels_BL = kept_BL
         loss_sum, count = losses.cross_entropy(logits_BLV, labels_BL)
         correct = jnp.sum((jnp.argmax(logits_BLV, -1) == labels_BL) & (labels_BL >= 0))
         return loss_sum, {"loss_sum": loss_sum, "count": count, "correct": correct,
-                          "tokens": jnp.sum(batch["attention_mask"])}
+                          "dropped": dropped, "tokens": jnp.sum(batch["attention_mask"])}
 
     return loss
 

@@ -47,6 +47,8 @@ class DataConfig:
     docs_per_chunk: int = 256
     mask_rate: float = 0.3
     whole_word: bool = True
+    # Vocabulary logits only at the first K labelled positions of a row (None: everywhere).
+    max_predictions: int | None = None
     seed: int = 0
 
 

@@ -65,6 +65,8 @@ def default_summary(sums: dict[str, float]) -> dict[str, float]:
     out = {"loss": sums["loss_sum"] / count}
     if "correct" in sums:
         out["accuracy"] = sums["correct"] / count
+    if sums.get("dropped"):
+        out["dropped_labels"] = sums["dropped"]
     return out
 
 
