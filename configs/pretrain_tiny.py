@@ -3,9 +3,10 @@
 Run:   python -m train.pretrain --config configs/pretrain_tiny.py
 Where: any CPU (measured on 2 cores); builds its data from the running Python's own sources
        into artifacts/data-tiny on first use (about a minute), then trains.
-Time:  about 3 minutes for 300 steps of 32 x 128 tokens on 2 cores.
+Time:  800 steps of 32 x 128 tokens: about 4 minutes on 2 idle cores (8 on a busy machine).
 Reach: held-out MLM loss well below the unigram loss (the loss of predicting every masked
-       token by its corpus frequency, printed at the end as data.unigram_loss).
+       token by its corpus frequency, printed at the end as data.unigram_loss): measured
+       5.99 vs 6.74 (accuracy 11.8%, train loss 5.3) on 2026-11-24, docs/pretraining.md.
 Arg:   `configs/pretrain_tiny.py:smoke` runs 20 steps (tests).
 """
 
@@ -19,7 +20,7 @@ def get_config(arg: str | None = None) -> TrainConfig:
     config = TrainConfig(
         model=preset("tiny-code", vocab_size=vocab, hidden_size=128, num_attention_heads=4,
                      intermediate_size=256, num_hidden_layers=2, hidden_dropout_prob=0.0),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, decay="linear",
+        optim=OptimConfig(learning_rate=4e-3, warmup_steps=30, decay="linear",
                           weight_decay=0.01, clip_norm=1.0),
         data=DataConfig(dir="artifacts/data-tiny", prepare_if_missing=True,
                         prepare_max_bytes=8 << 20, prepare_vocab_size=vocab, seq_len=128,
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None) -> TrainConfig:
                         max_predictions=64),
         checkpoint=CheckpointConfig(every_steps=100, keep=2),
         workdir="runs/pretrain-tiny",
-        steps=300, log_every=10, eval_every=100, eval_batches=4,
+        steps=800, log_every=10, eval_every=200, eval_batches=4,
     )
     if arg == "smoke":
         config = config.__class__(**{**config.__dict__, "steps": 20, "eval_every": 10,
