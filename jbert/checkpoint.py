@@ -4,16 +4,47 @@ One checkpoint = `state` (params, optimizer state, step, RNG; restored onto any 
 the target shardings) + `data` (the input pipeline's JSON state) + `meta` (config and the
 metrics at that step). Saves are asynchronous; a checkpoint counts only once orbax has
 committed it, so a run killed mid-save resumes from the previous complete one.
+
+Orbax does not notice flipped bytes in a committed checkpoint (it restores them), so `meta`
+also holds a fingerprint of the state (a wrap-around sum of each leaf's bits), checked on
+restore. `restore_latest` reports an unreadable or mismatching checkpoint by name, moves it
+aside to `<directory>.unreadable/` (so neither orbax's garbage collection nor the next save of
+that step touches it) and falls back to the previous one.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jbert.state import State
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpointError(RuntimeError):
+    pass
+
+
+@jax.jit
+def _leaf_sums(state: Any) -> list[jax.Array]:
+    def leaf_sum(x):
+        bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}"))
+        return jnp.sum(bits.astype(jnp.uint32), dtype=jnp.uint32)
+
+    return [leaf_sum(x) for x in jax.tree.leaves(state)]
+
+
+def fingerprint(state: State) -> list[int]:
+    """One uint32 per leaf: the wrap-around sum of its bits (any single flipped word shows)."""
+    return [int(x) for x in jax.device_get(_leaf_sums(state))]
 
 
 class Checkpointer:
@@ -22,6 +53,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.unreadable: list[tuple[int, str, str]] = []  # (step, moved to, error)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -34,7 +66,7 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta or {}),
+            meta=ocp.args.JsonSave({**(meta or {}), "fingerprint": fingerprint(state)}),
         )
         return self.manager.save(step, args=args, force=force)
 
@@ -45,7 +77,48 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
-        return restored["state"], restored["data"], restored["meta"]
+        state, meta = restored["state"], restored["meta"]
+        expected = meta.pop("fingerprint", None)  # None: written before fingerprints existed
+        if expected is not None:
+            bad = [jax.tree_util.keystr(path) for (path, _), want, got in zip(
+                jax.tree_util.tree_leaves_with_path(state), expected, fingerprint(state),
+                strict=True) if want != got]
+            if bad:
+                raise CorruptCheckpointError(f"contents differ from what was saved in {bad}")
+        return state, restored["data"], meta
+
+    def restore_latest(self, abstract_state: State) -> tuple[int, State, dict, dict] | None:
+        """(step, state, data state, meta) of the newest checkpoint that reads back intact.
+
+        Unreadable ones are logged by path, moved aside and skipped; None if none is left.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as e:  # tensorstore, JSON and fingerprint errors alike
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            moved = self._set_aside(step)
+            log.warning("checkpoint step %d at %s is unreadable (%s); moved to %s, trying "
+                        "the previous one", step, self.directory / str(step), error, moved)
+            self.unreadable.append((step, str(moved), error))
+        if self.unreadable:  # never start over silently when the run had checkpoints
+            raise CorruptCheckpointError(f"no readable checkpoint in {self.directory}; set "
+                                         f"aside: {self.unreadable}")
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        """Moves an unreadable step out of orbax's directory (kept for inspection)."""
+        target = (self.directory.parent / f"{self.directory.name}.unreadable"
+                  / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jbert_set_aside_{step}")
+        self.manager.reload()  # forget the step, or its garbage collection would delete it
+        return target
 
     def restore_meta(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

@@ -298,6 +298,30 @@ class JinaBertForQuestionAnswering(_Head):
         return result
 
 
+class JinaBertForContrastive(_Head):
+    """The encoder (with pooler, so it exports as an embedding model) plus the log-scale of a
+    learned InfoNCE temperature: tau = tau0 * exp(temperature_log_scale), tau0 from the recipe,
+    so a zero init starts at the configured temperature whatever tau0 is. Training-only: not
+    an HF architecture (export its `bert` subtree as `base`)."""
+
+    def __init__(self, config: JinaBertConfig, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        self.temperature_log_scale = nnx.Param(jnp.zeros((), jnp.float32))
+
+    def __call__(self, input_ids_BL, attention_mask_BL=None, token_type_ids_BL=None,
+                 segment_ids_BL=None, *, deterministic=True, rngs=None):
+        """Mean-pooled, L2-normalised embeddings [B, D]."""
+        out = self.encode(input_ids_BL, attention_mask_BL, token_type_ids_BL, segment_ids_BL,
+                          deterministic, rngs)
+        if attention_mask_BL is None:
+            attention_mask_BL = jnp.ones(input_ids_BL.shape, jnp.int32)
+        return {"embeddings": l2_normalize(mean_pool(out["last_hidden_state"],
+                                                     attention_mask_BL))}
+
+
+# Heads that only exist during training (no HF architecture, never exported as themselves).
+TRAINING_HEADS: dict[str, type[nnx.Module]] = {"contrastive": JinaBertForContrastive}
+
 HEADS: dict[str, type[nnx.Module]] = {
     "base": JinaBertModel,
     "pretraining": JinaBertForPreTraining,
@@ -313,10 +337,11 @@ HEADS: dict[str, type[nnx.Module]] = {
 
 def build(config: JinaBertConfig, head: str, rngs: nnx.Rngs) -> nnx.Module:
     """A head module by name; weights carry logical axes as metadata (no mesh needed)."""
-    if head not in HEADS and head != "encoder":
-        raise KeyError(f"unknown head {head!r}; known: {sorted(HEADS)}")
+    known = {**HEADS, **TRAINING_HEADS}
+    if head not in known and head != "encoder":
+        raise KeyError(f"unknown head {head!r}; known: {sorted(known)}")
     with nnx.use_eager_sharding(False):
         if head == "encoder":  # the base model without pooler, as inside MLM/QA/token heads
             return JinaBertModel(config, add_pooling_layer=False, rngs=rngs)
-        return HEADS[head](config, rngs=rngs)
+        return known[head](config, rngs=rngs)
 

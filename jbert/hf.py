@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbert.atomic import replace_dir
 from jbert.config import JinaBertConfig
 from jbert.functional import Params, abstract_params, init_params
 
@@ -472,7 +473,7 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp, config)
         (tmp / "README.md").write_text(_model_card(config, head, base_model))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -497,19 +498,3 @@ def _write_tokenizer(tokenizer: Any, directory: Path, config: JinaBertConfig) ->
     from jbert.data.tokenizer import save_tokenizer
 
     save_tokenizer(tokenizer, directory, model_max_length=config.max_position_embeddings)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Moves the finished `tmp` to `out`; an old `out` is kept aside until the move succeeded."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "dir")
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "dir", out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

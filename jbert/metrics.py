@@ -53,6 +53,11 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
+        if self._file.tell():
+            with self.path.open("rb") as f:
+                f.seek(-1, 2)
+                if f.read() != b"\n":  # a run killed mid-line: the next record gets its own
+                    self._file.write("\n")
         try:
             from tensorboardX import SummaryWriter
 

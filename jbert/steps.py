@@ -20,6 +20,8 @@ from jbert.state import State
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
+# (params, batch, dropout_rng) -> (gradient of the loss sum, sums); default jax.grad(loss_fn).
+GradFn = Callable[[Any, Batch, jax.Array | None], tuple[Any, dict[str, jax.Array]]]
 
 
 def labelled_positions(labels_BL: jax.Array, max_predictions: int) -> jax.Array:
@@ -71,10 +73,15 @@ def _micro_batches(batch: Batch, n: int) -> Batch:
 
 def train_step(state: State, batch: Batch, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, grad_accum: int = 1,
-               skip_nonfinite: bool = False) -> tuple[State, dict[str, jax.Array]]:
-    """One optimizer step over the global batch, averaged over `sums['count']`."""
+               skip_nonfinite: bool = False,
+               grad_fn: GradFn | None = None) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer step over the global batch, averaged over `sums['count']`.
+
+    `grad_fn` replaces `jax.grad(loss_fn)` where the gradient is computed another way (the
+    contrastive stage's chunked GradCache step); it must return the same quantity.
+    """
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    grad_fn = grad_fn or jax.grad(loss_fn, has_aux=True)
 
     def micro(carry, xs):
         grads_acc, sums_acc = carry

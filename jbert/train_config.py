@@ -53,6 +53,36 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """The contrastive stage (`python -m train.contrastive`); unused by MLM pretraining.
+
+    InfoNCE over the global batch (`data.batch_size` pairs) with temperature `temperature`
+    (learned from there when `learn_temperature`), plus the code -> query term when `symmetric`,
+    and `hard_negatives` extra documents per pair (from the pairs' `negatives`, else mined with
+    BM25). `chunk_size` > 0 embeds the batch in chunks of that many rows (GradCache).
+    """
+
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    symmetric: bool = False
+    hard_negatives: int = 0
+    chunk_size: int = 0  # rows per GradCache chunk over the global batch; 0: the plain step
+    max_query_length: int = 64
+    max_doc_length: int = 256
+    sources: str = ""  # comma-separated pair dirs/files/hub names; "": <data.dir>/pairs
+    eval_pairs: str = ""  # held-out pairs (test split); "": <data.dir>/pairs
+    eval_max_pairs: int = 2000  # cap on held-out queries (and so on the corpus) for speed
+    export: bool = True  # the final weights as an HF / sentence-transformers dir, workdir/export
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"contrastive.temperature={self.temperature}: must be > 0")
+        for key in ("hard_negatives", "chunk_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"contrastive.{key}={getattr(self, key)}: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 1000
     keep: int = 3
@@ -68,6 +98,7 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
     workdir: str = "runs/pretrain"
     steps: int = 1000
     grad_accum: int = 1  # micro-batches per step (scan inside the jitted step)

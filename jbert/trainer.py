@@ -30,7 +30,7 @@ from jbert.metrics import MetricsLogger, peak_flops_per_device
 from jbert.optim import make_optimizer
 from jbert.sharding import batch_sharding, make_mesh
 from jbert.state import abstract_with_shardings, init_state, param_shardings
-from jbert.steps import LossFn, eval_step, train_step
+from jbert.steps import GradFn, LossFn, eval_step, train_step
 from jbert.train_config import TrainConfig, to_json
 
 
@@ -54,6 +54,8 @@ class Task:
     evaluate: Callable[[Any], dict[str, float]] | None = None
     # Metric sums -> logged means; the default fits `count`-averaged losses.
     summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+    # (params, batch, rng) -> (grads of the loss sum, sums); default jax.grad(loss_fn).
+    grad_fn: GradFn | None = None
 
 
 class NonFiniteError(RuntimeError):
@@ -92,11 +94,15 @@ def check_batch_layout(cfg: TrainConfig, mesh) -> int:
 def init_params_from(source: str, config, head: str) -> Any:
     """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir."""
     path = Path(source)
-    if (path / "config.json").is_file():
+    # A run dir has a config.json too (its TrainConfig); its checkpoints/ decide.
+    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+        from jbert.heads import HEADS
         from jbert.hf import load_pretrained
 
-        _, params = load_pretrained(path, head=head)
-        return params
+        # A training-only head (contrastive) starts from the export's encoder.
+        hf_head = head if head in HEADS else "base"
+        _, params = load_pretrained(path, head=hf_head)
+        return params if hf_head == head else transplant_encoder(params, config, head)
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     checkpointer = Checkpointer(ckpt_dir)
     step = checkpointer.latest_step()
@@ -163,10 +169,11 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
                                 async_save=cfg.checkpoint.async_save)
     summarize = task.summarize or default_summary
 
-    latest = checkpointer.latest_step()
+    # Newest checkpoint that reads back intact; unreadable ones are reported and set aside.
+    restored = checkpointer.restore_latest(abstract)
     data_state = None
-    if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, abstract)
+    if restored is not None:
+        latest, state, data_state, _ = restored
         origin = f"resumed from step {latest}"
     elif cfg.init_from:
         params = init_params_from(cfg.init_from, model_config, task.head)
@@ -183,7 +190,7 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
     batch_sh = batch_sharding(mesh)
     step_fn = jax.jit(
         functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, grad_accum=cfg.grad_accum,
-                          skip_nonfinite=cfg.on_nonfinite == "skip"),
+                          skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn),
         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn),
                       in_shardings=(param_shardings(mesh, model_config, task.head), batch_sh))

@@ -103,6 +103,7 @@ def test_bf16_compute_keeps_fp32_params(model):
     assert np.abs(np.asarray(out16, np.float32) - out32).max() < 0.1
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients(model):
     config, params = model
     ids = _ids(2, 16)

@@ -154,6 +154,7 @@ def test_batch_that_does_not_divide_the_mesh(tmp_path):
         train(cfg, synthetic_task(cfg))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.replace(hidden_dropout_prob=0.0)})

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jbert.atomic import atomic_dir
 from jbert.data.languages import PROSE_LANGUAGES, detect_language
 
 SKIP_REASONS = (
@@ -310,11 +311,21 @@ def build_corpus(
     """Walks `sources` and writes `train-*.parquet` / `test-*.parquet` + `stats.json` to `out_dir`.
 
     Stops after `max_files` kept files or `max_bytes` kept bytes (the stats say `truncated`).
+    `out_dir` is replaced whole once the new corpus is complete (an interrupted build leaves the
+    old one), and only if it holds nothing but an earlier corpus.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet"):
-        old.unlink()  # a rebuild must not mix with shards of an earlier, larger run
+    with atomic_dir(out_dir, _is_corpus_file) as out:
+        return _write_corpus(sources, out, max_files, max_bytes, test_fraction, seed,
+                             shard_bytes, filt)
+
+
+def _is_corpus_file(name: str) -> bool:
+    return name == "stats.json" or re.fullmatch(r"(train|test)-\d{5}\.parquet", name) is not None
+
+
+def _write_corpus(sources: Sequence[Source], out: Path, max_files: int | None,
+                  max_bytes: int | None, test_fraction: float, seed: int, shard_bytes: int,
+                  filt: FileFilter) -> CorpusStats:
     stats = CorpusStats()
     writers = {s: _ShardWriter(out, s, shard_bytes) for s in ("train", "test")}
     repos: dict[str, set[str]] = {"train": set(), "test": set()}

@@ -152,6 +152,39 @@ class PairBatcher:
         return out
 
 
+class MultiSourceBatcher:
+    """Several pair sources; each global batch comes from one of them, picked at random in
+    proportion to its size (the same pick on every process: it depends only on seed and step).
+    One source per batch keeps the in-batch negatives as hard as the source makes them; mixed
+    batches would let a model separate sources instead of matching texts.
+    """
+
+    def __init__(self, batchers: Sequence[PairBatcher], seed: int = 0):
+        names = [b.source for b in batchers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pair sources need distinct names, got {names}")
+        self.batchers, self.seed, self.step = list(batchers), seed, 0
+        sizes = np.asarray([len(b.pairs) for b in batchers], np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def get_state(self) -> dict:
+        return {"step": self.step, "sources": {b.source: b.get_state() for b in self.batchers}}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for b in self.batchers:
+            b.set_state(state["sources"][b.source])
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        pick = np.random.default_rng([self.seed, self.step]).choice(len(self.batchers),
+                                                                     p=self.weights)
+        self.step += 1
+        return next(self.batchers[pick])
+
+
 def measure_pair_throughput(
     batcher: Iterator[dict], tokenizer: Tokenizer, max_length: int, num_batches: int
 ) -> dict[str, float]:

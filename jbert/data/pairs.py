@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from jbert.atomic import atomic_dir
+
 MIN_DOC_WORDS = 3
 MIN_CODE_LINES = 3
 MAX_CODE_LINES = 300
@@ -257,8 +259,12 @@ def build_pairs(
 
     Code seen earlier (train first) is dropped as a duplicate, so no test positive is in train.
     """
-    corpus, out = Path(corpus_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir, lambda name: name in ("train.jsonl", "test.jsonl", "stats.json")
+                    ) as out:  # an interrupted build leaves the old pairs
+        return _write_pairs(Path(corpus_dir), out, workers)
+
+
+def _write_pairs(corpus: Path, out: Path, workers: int) -> dict:
     seen: set[str] = set()
     stats: dict = {"pairs": {}, "rejected": Counter(), "repos": {}}
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None

@@ -1,0 +1,54 @@
+"""Output directories written whole or not at all: built in a temporary sibling, then renamed.
+
+An interrupted writer (crash, kill -9, full disk) leaves either the old directory or the new
+complete one, plus at worst a hidden `.NAME.tmp-*` sibling; never a mix of both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Moves the finished `tmp` to `out`; an old `out` is kept aside until the move succeeded."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "dir")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "dir", out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, owned: Callable[[str], bool]) -> Iterator[Path]:
+    """Yields a temporary directory that replaces `out` when the block ends without error.
+
+    `owned(name)` says which entries of an existing `out` this writer made; any other entry
+    makes it refuse, so a user's directory is never swapped away by mistake.
+    """
+    out = Path(out).absolute()
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+        foreign = [name for name in foreign if not (out.is_dir() and owned(name))]
+        if foreign:
+            raise FileExistsError(f"{out} holds entries this writer did not make: "
+                                  f"{foreign[:5]}; choose an empty or new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
