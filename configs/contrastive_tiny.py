@@ -1,0 +1,42 @@
+"""Contrastive tuning, CPU-sized twin of contrastive_base_code.py.
+
+Run:   python -m train.pretrain --config configs/pretrain_tiny.py          # the MLM backbone
+       python -m train.contrastive --config configs/contrastive_tiny.py
+Where: any CPU (measured on 2 shared cores); starts from the MLM checkpoint in
+       runs/pretrain-tiny and tunes on the docstring/code pairs of artifacts/data-tiny (2,948
+       train pairs, 113 held-out pairs from other repositories).
+What:  InfoNCE over batches of 64 pairs (every query against every positive), symmetric
+       code -> query term, learned temperature from 0.05, GradCache in chunks of 32 rows.
+Time:  about 5 minutes for 300 steps of 64 pairs (32 + 128 tokens) on 2 cores.
+Reach: retrieval MRR@10 on the held-out pairs far above the untuned backbone's, logged beside
+       BM25's on the same set (see docs/results.md for the figures).
+Arg:   `configs/contrastive_tiny.py:smoke` runs 10 steps.
+"""
+
+import dataclasses
+
+from configs import pretrain_tiny
+from jbert.optim import OptimConfig
+from jbert.train_config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+
+
+def get_config(arg: str | None = None) -> TrainConfig:
+    backbone = pretrain_tiny.get_config()
+    config = TrainConfig(
+        model=backbone.model,  # must match the checkpoint it starts from
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=30, decay="linear",
+                          weight_decay=0.01, clip_norm=1.0),
+        data=DataConfig(dir=backbone.data.dir, batch_size=64, seed=0),
+        contrastive=ContrastiveConfig(temperature=0.05, learn_temperature=True, symmetric=True,
+                                      chunk_size=32, max_query_length=32, max_doc_length=128,
+                                      eval_max_pairs=2000),
+        checkpoint=CheckpointConfig(every_steps=100, keep=2),
+        init_from=backbone.workdir,
+        workdir="runs/contrastive-tiny",
+        steps=300, log_every=10, eval_every=100,
+    )
+    if arg == "smoke":
+        config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
+    elif arg:
+        raise ValueError(f"configs/contrastive_tiny.py: unknown argument {arg!r} (known: smoke)")
+    return config

@@ -1,0 +1,270 @@
+"""Contrastive stage: InfoNCE against numpy, the global gather on a 2x4 mesh equals one device,
+GradCache equals the plain gradient, temperature, single-source batches, a run of the Task."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jbert import functional
+from jbert.config import preset
+from jbert.contrastive import (
+    cached_grad_fn,
+    contrastive_loss_fn,
+    info_nce,
+    summarize,
+    temperature,
+)
+from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher
+from jbert.data.tokenizer import save_tokenizer, train_tokenizer
+from jbert.optim import OptimConfig
+from jbert.sharding import batch_sharding, make_mesh
+from jbert.state import param_shardings
+from jbert.train_config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+B, LQ, LD, NEG = 16, 12, 20, 2
+
+
+def _config(dropout=0.0):
+    return preset("tiny", vocab_size=128, hidden_size=32, num_attention_heads=2,
+                  intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=dropout)
+
+
+def _batch(negatives=0, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def rows(n, length):
+        ids = rng.integers(5, 128, (n, length)).astype(np.int32)
+        mask = (np.arange(length)[None] < rng.integers(3, length + 1, (n, 1))).astype(np.int32)
+        return np.where(mask == 1, ids, 1).astype(np.int32), mask
+
+    out = {}
+    out["query_ids"], out["query_mask"] = rows(B, LQ)
+    out["doc_ids"], out["doc_mask"] = rows(B, LD)
+    if negatives:
+        out["neg_ids"], out["neg_mask"] = rows(B * negatives, LD)
+    return out
+
+
+def _numpy_info_nce(q, d, n, tau, symmetric):
+    q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
+    cand = d if n is None else np.concatenate([d, np.asarray(n, np.float64)])
+    logits = q @ cand.T / tau
+    fwd = np.log(np.exp(logits).sum(1)) - np.diag(logits[:, :len(q)])
+    if not symmetric:
+        return fwd.sum()
+    rev = d @ q.T / tau
+    bwd = np.log(np.exp(rev).sum(1)) - np.diag(rev)
+    return (0.5 * (fwd + bwd)).sum()
+
+
+def _unit(rng, shape):
+    x = rng.normal(size=shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_info_nce_matches_numpy_on_one_and_eight_devices(symmetric, negatives):
+    rng = np.random.default_rng(1)
+    q, d = _unit(rng, (B, 8)), _unit(rng, (B, 8))
+    n = _unit(rng, (B * negatives, 8)) if negatives else None
+    want = _numpy_info_nce(q, d, n, 0.1, symmetric)
+    single = info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric)
+    mesh = make_mesh(data=2, fsdp=4)
+    put = lambda x: None if x is None else jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    sharded = jax.jit(lambda q, d, n: info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric,
+                                               mesh=mesh))(put(q), put(d), put(n))
+    for sums in (single, sharded):
+        np.testing.assert_allclose(float(sums["loss_sum"]), want, rtol=1e-5)
+        assert float(sums["count"]) == B
+        np.testing.assert_allclose(float(sums["pos_sim_sum"]), np.sum(q * d), rtol=1e-5)
+    assert float(sharded["correct"]) == float(single["correct"])
+    assert float(sharded["neg_count"]) == B * (B * (1 + negatives) - 1)
+
+
+def test_info_nce_gradients_on_2x4_mesh_equal_single_device():
+    """The gather's backward (a reduce-scatter) hands each device its documents' gradient."""
+    rng = np.random.default_rng(2)
+    q, d, n = _unit(rng, (B, 8)), _unit(rng, (B, 8)), _unit(rng, (B * NEG, 8))
+    mesh = make_mesh(data=2, fsdp=4)
+
+    def loss(q, d, n, tau, mesh):
+        return info_nce(q, d, n, tau, symmetric=True, mesh=mesh)["loss_sum"]
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+    want = grad(q, d, n, jnp.float32(0.07), None)
+    put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    got = jax.jit(lambda *a: grad(*a, mesh))(put(q), put(d), put(n), jnp.float32(0.07))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def _grads(cfg, params, batch, mesh, grad_fn=None):
+    """Loss sum and gradient under jit, on `mesh` (sharded rows and params) or one device."""
+    config = _config()
+    loss_fn = contrastive_loss_fn(config, cfg, mesh)
+    fn = grad_fn or jax.grad(loss_fn, has_aux=True)
+    if mesh is None:
+        grads, sums = jax.jit(fn)(params, batch, None)
+    else:
+        p_sh = param_shardings(mesh, config, "contrastive")
+        grads, sums = jax.jit(fn, in_shardings=(p_sh, batch_sharding(mesh), None))(
+            jax.device_put(params, p_sh), jax.device_put(batch, batch_sharding(mesh)), None)
+    return float(sums["loss_sum"]), jax.device_get(grads)
+
+
+def _assert_trees_close(a, b, atol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
+                            strict=True):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("variant", [
+    pytest.param(dict(), marks=pytest.mark.slow),
+    pytest.param(dict(symmetric=True, hard_negatives=NEG, learn_temperature=True),
+                 marks=pytest.mark.slow),
+], ids=["plain", "symmetric+negatives+learned"])
+def test_loss_and_grads_on_2x4_mesh_equal_single_device(variant):
+    cfg = ContrastiveConfig(temperature=0.1, **variant)
+    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
+    batch = _batch(cfg.hard_negatives)
+    loss_1, grads_1 = _grads(cfg, params, batch, None)
+    loss_8, grads_8 = _grads(cfg, params, batch, make_mesh(data=2, fsdp=4))
+    np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
+    _assert_trees_close(grads_8, grads_1, atol=1e-5)
+    assert np.abs(grads_1["bert"]["embeddings"]["word_embeddings"]["embedding"]).max() > 0
+
+
+@pytest.mark.parametrize("mesh_shape", [
+    None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
+def test_gradcache_equals_plain_gradient(mesh_shape):
+    cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=NEG,
+                            learn_temperature=True, chunk_size=8)
+    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
+    batch = _batch(NEG, seed=3)
+    loss_ref, grads_ref = _grads(cfg, params, batch, None)
+    mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
+    loss, grads = _grads(cfg, params, batch, mesh, grad_fn=cached_grad_fn(_config(), cfg, mesh))
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    _assert_trees_close(grads, grads_ref, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gradcache_with_dropout_reuses_the_masks():
+    """With dropout, the re-run of each chunk must see its first pass's masks: the gradient then
+    matches the plain step's gradient taken with the same per-chunk keys (chunk = batch)."""
+    config = _config(dropout=0.2)
+    cfg = ContrastiveConfig(temperature=0.1, chunk_size=B)
+    params = functional.init_params(config, jax.random.key(0), "contrastive")
+    batch, rng = _batch(), jax.random.key(7)
+    grads, _ = jax.jit(cached_grad_fn(config, cfg))(params, batch, rng)
+    plain, _ = jax.jit(jax.grad(contrastive_loss_fn(config, cfg), has_aux=True))(
+        params, batch, rng)
+    _assert_trees_close(grads, plain, atol=1e-5)
+
+
+def test_learned_temperature_gets_a_gradient_fixed_does_not_move():
+    rng = np.random.default_rng(4)
+    q, d = _unit(rng, (B, 8)), _unit(rng, (B, 8))
+    for learn in (True, False):
+        cfg = ContrastiveConfig(temperature=0.1, learn_temperature=learn)
+
+        def loss(params, cfg=cfg):
+            return info_nce(q, d, None, temperature(cfg, params))["loss_sum"]
+
+        grad = jax.grad(loss)({"temperature_log_scale": jnp.zeros(())})
+        moved = abs(float(grad["temperature_log_scale"])) > 1e-6
+        assert moved == learn
+    sums = {"loss_sum": 4.0, "count": 2.0, "correct": 1.0, "pos_sim_sum": 1.0,
+            "neg_sim_sum": 0.5, "neg_count": 5.0, "hardest_neg_sim_sum": 0.8,
+            "temperature_sum": 0.2, "calls": 2.0}
+    assert summarize(sums) == pytest.approx({"loss": 2.0, "accuracy": 0.5, "pos_sim": 0.5,
+                                             "neg_sim": 0.1, "hardest_neg_sim": 0.4,
+                                             "temperature": 0.1})
+
+
+def test_multi_source_batches_are_single_source_and_resume():
+    def pairs(tag, n):
+        return [{"query": f"{tag} q{i}", "positive": f"{tag} code {i}"} for i in range(n)]
+
+    def make():
+        return MultiSourceBatcher([PairBatcher(pairs("a", 40), 8, source="a", seed=1),
+                                   PairBatcher(pairs("b", 120), 8, source="b", seed=1)], seed=2)
+
+    batcher = make()
+    seen = []
+    for _ in range(40):
+        batch = next(batcher)
+        assert {t.split()[0] for t in batch["query"] + batch["positive"]} == {batch["source"]}
+        assert len(set(batch["positive"])) == len(batch["positive"])
+        seen.append(batch["source"])
+    assert 0 < seen.count("a") < seen.count("b")  # proportional to the source sizes
+    state = batcher.get_state()
+    expected = [next(batcher)["query"] for _ in range(5)]
+    resumed = make()
+    resumed.set_state(json.loads(json.dumps(state)))
+    assert [next(resumed)["query"] for _ in range(5)] == expected
+
+
+def make_data_dir(root: Path, n_train=64, n_test=16) -> Path:
+    """A data dir with a small BPE and docstring/code pairs, as `prepare_corpus` lays it out."""
+    words = ["add", "sum", "read", "file", "parse", "json", "sort", "list", "open", "close"]
+
+    def pair(i):
+        a, b = words[i % 10], words[(i // 10) % 10]
+        return {"query": f"{a.capitalize()} the {b} number {i}.",
+                "positive": f"def {a}_{b}_{i}(x):\n    return {b}(x) + {i}"}
+
+    (root / "pairs").mkdir(parents=True)
+    for split, rows in (("train", range(n_train)), ("test", range(1000, 1000 + n_test))):
+        with open(root / "pairs" / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(pair(i)) + "\n" for i in rows)
+    texts = [t for i in range(200) for t in pair(i).values()]
+    save_tokenizer(train_tokenizer(texts, vocab_size=320), root / "tokenizer")
+    return root
+
+
+@pytest.mark.slow
+def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
+    from jbert.contrastive import contrastive_task
+    from jbert.trainer import train
+
+    data = make_data_dir(tmp_path / "data")
+    cfg = TrainConfig(
+        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
+                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.0),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
+        data=DataConfig(dir=str(data), batch_size=16),
+        contrastive=ContrastiveConfig(temperature=0.1, learn_temperature=True, chunk_size=8,
+                                      max_query_length=16, max_doc_length=24),
+        checkpoint=CheckpointConfig(every_steps=100, keep=1, async_save=False),
+        workdir=str(tmp_path / "run"), steps=4, log_every=2, eval_every=100, progress=False)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    task, facts = contrastive_task(cfg, mesh)
+    assert facts["eval_queries"] == 16 and 0 <= facts["bm25_mrr@10"] <= 1
+    summary = train(cfg, task)
+    assert summary["status"] == "done"
+    for key in ("loss", "accuracy", "pos_sim", "neg_sim", "temperature"):
+        assert np.isfinite(summary["last"][key])
+    assert summary["last"]["temperature"] != pytest.approx(0.1, abs=1e-7)  # it was learned
+    for key in ("retrieval_mrr@10", "retrieval_ndcg@10", "retrieval_recall@1",
+                "retrieval_recall@10", "bm25_mrr@10"):
+        assert 0.0 <= summary["final_eval"][key] <= 1.0
+
+
+@pytest.mark.slow
+def test_gradcache_fits_1024_pairs_of_256_tokens():
+    """Compiled temp memory of the tiny recipe's step at 1024 x 256: GradCache against plain."""
+    out = subprocess.run([sys.executable, "-m", "bench.contrastive_memory", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["gradcache_temp_bytes"] < 2 << 30
+    assert result["plain_temp_bytes"] > 4 * result["gradcache_temp_bytes"]

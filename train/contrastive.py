@@ -1,0 +1,55 @@
+"""Contrastive tuning of a JinaBERT encoder into a code search model, then HF export.
+
+  python -m train.contrastive --config configs/contrastive_tiny.py [--config.steps=200 ...]
+
+Starts from `--config.init_from` (an MLM run dir / orbax checkpoint dir, or an HF export), or
+resumes the run in `--config.workdir`. At the end the encoder is written to `<workdir>/export`
+in the Hugging Face / sentence-transformers layout. Multi-host flags as in train.pretrain.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jbert.train_config import parse_cli
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config, rest = parse_cli(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    args = parser.parse_args(rest)
+
+    from jbert.sharding import initialize_distributed
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+    import jax
+
+    from jbert.contrastive import contrastive_task
+    from jbert.export import export_run
+    from jbert.sharding import make_mesh
+    from jbert.trainer import train
+
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    task, facts = contrastive_task(config, mesh)
+    summary = train(config, task)
+    summary.pop("state")
+    summary["data"] = facts
+    if jax.process_index() == 0:
+        if config.contrastive.export and summary["status"] == "done":
+            # The encoder alone (`base`): what sentence-transformers and AutoModel load.
+            summary["export"] = str(export_run(config.workdir, Path(config.workdir) / "export",
+                                               head="base", overwrite=True))
+        print(json.dumps({k: summary[k] for k in ("status", "end_step", "last", "final_eval",
+                                                  "data", "export") if k in summary},
+                         indent=1, default=float))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
