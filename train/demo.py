@@ -1,6 +1,6 @@
 """The README's end-to-end demo on this Python installation's own sources (no downloads).
 
-  python -m train.demo [--workdir runs/demo] [--steps N]
+  python -m train.demo [--workdir runs/demo] [--mlm-steps N] [--contrastive-steps N]
 """
 
 import argparse
@@ -10,12 +10,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--steps", type=int, help="MLM steps (default: the tiny recipe's)")
+    p.add_argument("--mlm-steps", type=int, help="default: configs/pretrain_tiny.py's")
+    p.add_argument("--contrastive-steps", type=int, help="default: configs/contrastive_tiny.py's")
     a = p.parse_args(argv)
 
     from jbert.demo import run
 
-    run(a.workdir, steps=a.steps)
+    run(a.workdir, mlm_steps=a.mlm_steps, contrastive_steps=a.contrastive_steps)
 
 
 if __name__ == "__main__":
