@@ -213,6 +213,24 @@ def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
     return apply_overrides(load_config(spec), overrides), rest
 
 
+def parse_training_cli(argv: list[str], description: str | None = None) -> TrainConfig:
+    """`parse_cli` plus the multi-host flags of the training entry points; starts
+    `jax.distributed` when `--coordinator` is given, before anything touches a device."""
+    import argparse
+
+    from jbert.sharding import initialize_distributed
+
+    config, rest = parse_cli(argv)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, or 'auto'")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    args = parser.parse_args(rest)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    return config
+
+
 def to_json(config: Any) -> str:
     return json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
 

@@ -7,26 +7,15 @@ resumes the run in `--config.workdir`. At the end the encoder is written to `<wo
 in the Hugging Face / sentence-transformers layout. Multi-host flags as in train.pretrain.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from jbert.train_config import parse_cli
+from jbert.train_config import parse_training_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config, rest = parse_cli(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--coordinator")
-    parser.add_argument("--num_processes", type=int)
-    parser.add_argument("--process_id", type=int)
-    args = parser.parse_args(rest)
-
-    from jbert.sharding import initialize_distributed
-
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
 
     import jax
 

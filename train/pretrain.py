@@ -6,25 +6,14 @@ Multi-host: start one process per host with --coordinator HOST:PORT --num_proces
 --process_id I (or --coordinator auto on TPU pods and managed clusters).
 """
 
-import argparse
 import json
 import sys
 
-from jbert.train_config import parse_cli
+from jbert.train_config import parse_training_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config, rest = parse_cli(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--coordinator")
-    parser.add_argument("--num_processes", type=int)
-    parser.add_argument("--process_id", type=int)
-    args = parser.parse_args(rest)
-
-    from jbert.sharding import initialize_distributed
-
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
 
     import jax
 
