@@ -95,11 +95,11 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     """
     if coordinator is None:
         return
+    if coordinator != "auto" and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator needs --num_processes and --process_id")
     # CPU processes talk through gloo (tests and CPU clusters); GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator == "auto":
         jax.distributed.initialize()
         return
-    if num_processes is None or process_id is None:
-        raise ValueError("--coordinator needs --num_processes and --process_id")
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)

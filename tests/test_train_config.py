@@ -57,3 +57,14 @@ def test_bad_config_files(tmp_path):
         load_config(TINY + ":fast")
     with pytest.raises(ValueError, match="--config FILE is required"):
         parse_cli(["--config.steps=3"])
+
+
+def test_training_cli_takes_the_multihost_flags_and_rejects_others():
+    from jbert.train_config import parse_training_cli
+
+    config = parse_training_cli(["--config", TINY, "--config.steps=5"])
+    assert config.steps == 5
+    with pytest.raises(SystemExit):
+        parse_training_cli(["--config", TINY, "--bogus"])
+    with pytest.raises(ValueError, match="--num_processes and --process_id"):
+        parse_training_cli(["--config", TINY, "--coordinator", "localhost:1"])
