@@ -8,6 +8,9 @@ from jbert.export import export_run, load_run_params, run_config
 from jbert.hf import load_pretrained
 from jbert.trainer import train
 
+# A real training run behind each test: ~20 s on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -137,7 +137,8 @@ def _corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:i] + bytes(b ^ 0xFF for b in data[i:i + 8]) + data[i + 8:])
 
 
-@pytest.mark.parametrize("how", ["truncate", pytest.param("flip", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_corrupted_latest_checkpoint_is_reported_set_aside_and_the_previous_used(
         tmp_path, how, caplog):
     """The unreadable step-6 dir is moved (not deleted) to `checkpoints.unreadable/6-<time>`,
