@@ -141,3 +141,25 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_weights(directory: str | Path, config: Any,
+                    step: int | None = None) -> tuple[Any, str, int]:
+    """(params, head, step) of a committed checkpoint, the latest by default: weights only,
+    for the head the run trained (recorded in its meta; MLM before heads were recorded)."""
+    from jbert import functional
+
+    if not Path(directory).is_dir():  # Checkpointer would create it: a typo must not leave dirs
+        raise FileNotFoundError(f"{directory}: no such checkpoint directory")
+    checkpointer = Checkpointer(directory)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None or step not in checkpointer.all_steps():
+            raise FileNotFoundError(f"{directory}: no checkpoint at step "
+                                    f"{step if step is not None else '(any)'}; have "
+                                    f"{checkpointer.all_steps()}")
+        head = checkpointer.restore_meta(step).get("head", "masked_lm")
+        params = checkpointer.restore_params(step, functional.abstract_params(config, head))
+    finally:
+        checkpointer.close()
+    return params, head, step

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from jbert import functional
-from jbert.checkpoint import Checkpointer
+from jbert.checkpoint import restore_weights
 from jbert.hf import save_pretrained
 from jbert.train_config import TrainConfig, from_dict
 
@@ -24,17 +24,7 @@ def run_config(run_dir: str | Path) -> TrainConfig:
 def load_run_params(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any, str, int]:
     """(model config, params, head, step) of a run's checkpoint (the latest by default)."""
     config = run_config(run_dir).model
-    checkpointer = Checkpointer(Path(run_dir) / "checkpoints")
-    try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None or step not in checkpointer.all_steps():
-            raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint at step "
-                                    f"{step if step is not None else '(any)'}; have "
-                                    f"{checkpointer.all_steps()}")
-        head = checkpointer.restore_meta(step).get("head", "masked_lm")
-        params = checkpointer.restore_params(step, functional.abstract_params(config, head))
-    finally:
-        checkpointer.close()
+    params, head, step = restore_weights(Path(run_dir) / "checkpoints", config, step)
     return config, params, head, step
 
 

@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from jbert import functional
-from jbert.checkpoint import Checkpointer
+from jbert.checkpoint import Checkpointer, restore_weights
 from jbert.metrics import MetricsLogger, peak_flops_per_device
-from jbert.optim import make_optimizer
+from jbert.optim import learning_rate_schedule, make_optimizer
 from jbert.sharding import batch_sharding, make_mesh
 from jbert.state import abstract_with_shardings, init_state, param_shardings
 from jbert.steps import GradFn, LossFn, eval_step, train_step
@@ -104,14 +104,11 @@ def init_params_from(source: str, config, head: str) -> Any:
         _, params = load_pretrained(path, head=hf_head)
         return params if hf_head == head else transplant_encoder(params, config, head)
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    checkpointer = Checkpointer(ckpt_dir)
-    step = checkpointer.latest_step()
-    if step is None:
+    try:
+        params, _, _ = restore_weights(ckpt_dir, config)
+    except FileNotFoundError as e:
         raise FileNotFoundError(f"init_from={source}: neither an HF export (config.json) nor "
-                                "a directory with orbax checkpoints")
-    abstract = functional.abstract_params(config, "masked_lm")
-    params = checkpointer.restore_params(step, abstract)
-    checkpointer.close()
+                                f"a directory with orbax checkpoints ({e})") from None
     return transplant_encoder(params, config, head)
 
 
@@ -162,6 +159,7 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     local_rows = check_batch_layout(cfg, mesh)
     tx = make_optimizer(cfg.optim, cfg.steps)
+    learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)  # for the logs
     model_config = cfg.model
     abstract = abstract_with_shardings(mesh, model_config, task.head, tx)
     state_sh = jax.tree.map(lambda a: a.sharding, abstract)
@@ -258,9 +256,6 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
         logger.advance(step)
         return values
 
-    from jbert.optim import learning_rate_schedule
-
-    learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)
 
     with _Preemption() as preemption:
         try:
