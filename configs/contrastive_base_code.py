@@ -53,6 +53,5 @@ def get_config(arg: str | None = None) -> TrainConfig:
             contrastive=dataclasses.replace(config.contrastive, hard_negatives=15,
                                             chunk_size=32))
     elif arg:
-        raise ValueError(f"configs/contrastive_base_code.py: unknown argument {arg!r} "
-                         "(known: hardneg)")
+        raise ValueError(f"unknown argument {arg!r} (known: hardneg)")
     return config

@@ -38,5 +38,5 @@ def get_config(arg: str | None = None) -> TrainConfig:
     if arg == "smoke":
         config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
     elif arg:
-        raise ValueError(f"configs/contrastive_tiny.py: unknown argument {arg!r} (known: smoke)")
+        raise ValueError(f"unknown argument {arg!r} (known: smoke)")
     return config

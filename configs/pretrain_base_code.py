@@ -21,7 +21,7 @@ from jbert.train_config import CheckpointConfig, DataConfig, MeshConfig, TrainCo
 
 def get_config(arg: str | None = None) -> TrainConfig:
     if arg:
-        raise ValueError(f"configs/pretrain_base_code.py takes no argument, got {arg!r}")
+        raise ValueError(f"takes no argument, got {arg!r}")
     return TrainConfig(
         model=preset("base-code", dtype="bfloat16", hidden_dropout_prob=0.1),
         optim=OptimConfig(learning_rate=5e-4, warmup_steps=10_000, decay="linear",

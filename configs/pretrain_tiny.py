@@ -34,5 +34,5 @@ def get_config(arg: str | None = None) -> TrainConfig:
         config = config.__class__(**{**config.__dict__, "steps": 20, "eval_every": 10,
                                      "log_every": 5})
     elif arg:
-        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r} (known: smoke)")
+        raise ValueError(f"unknown argument {arg!r} (known: smoke)")
     return config

@@ -9,7 +9,7 @@ from typing import Any
 _LAZY = {
     "forward": "jbert.functional",
     "load_pretrained": "jbert.hf",
-    "save_pretrained": "jbert.hf",
+    "save_pretrained": "jbert.hf_export",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,7 +10,7 @@ import jax
 
 from jbert import functional
 from jbert.checkpoint import restore_weights
-from jbert.hf import save_pretrained
+from jbert.hf_export import save_pretrained
 from jbert.train_config import TrainConfig, from_dict
 
 

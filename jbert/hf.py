@@ -1,13 +1,10 @@
-"""Hugging Face checkpoints in and out: the released JinaBERT layouts, exactly.
+"""Hugging Face checkpoints in: the key map and the reader for the released JinaBERT layouts.
 
 `load_pretrained(path)` reads `config.json` and `model.safetensors` (or sharded safetensors with
 `model.safetensors.index.json`) of jina-embeddings-v2-base-en / -small-en (`mlp.gated_layers`
 layout) and -base-code (`mlp.up_gated_layer` layout, backbone jina-bert-v2-qk-post-norm) and
-returns `(config, params)` for `jbert.functional`. `save_pretrained(path, config, params)` writes
-a directory that `AutoModel.from_pretrained(path, trust_remote_code=True)` and
-`SentenceTransformer(path, trust_remote_code=True)` load: the official tensor names and
-orientation in fp32, the released `config.json` keys, tokenizer files, the sentence-transformers
-files for mean pooling, and a model card.
+returns `(config, params)` for `jbert.functional`. Writing lives in `jbert.hf_export`
+(`save_pretrained`, also reachable here).
 
 The key map is a rename of jbert's parameter paths (they follow the HF module names, see
 `jbert.model`): `self_attn` -> `self`, `kernel` -> `weight` (transposed: Flax kernels are
@@ -19,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbert.atomic import replace_dir
 from jbert.config import JinaBertConfig
 from jbert.functional import Params, abstract_params, init_params
 
@@ -39,26 +33,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
 
-# The jina remote-code class of each jbert head (`jbert.heads.HEADS`).
-HEAD_CLASSES = {
-    "base": "JinaBertModel",
-    "pretraining": "JinaBertForPreTraining",
-    "masked_lm": "JinaBertForMaskedLM",
-    "lm_head": "JinaBertLMHeadModel",
-    "next_sentence": "JinaBertForNextSentencePrediction",
-    "sequence_classification": "JinaBertForSequenceClassification",
-    "multiple_choice": "JinaBertForMultipleChoice",
-    "token_classification": "JinaBertForTokenClassification",
-    "question_answering": "JinaBertForQuestionAnswering",
-}
-_AUTO_CLASSES = {
-    "pretraining": "AutoModelForPreTraining",
-    "lm_head": "AutoModelForCausalLM",
-    "next_sentence": "AutoModelForNextSentencePrediction",
-    "multiple_choice": "AutoModelForMultipleChoice",
-    "token_classification": "AutoModelForTokenClassification",
-    "question_answering": "AutoModelForQuestionAnswering",
-}
 # Encoder tensors; everything else in a checkpoint belongs to a head.
 _ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
 # HF ties these to `bert.embeddings.word_embeddings.weight` and `cls.predictions.bias`; its
@@ -87,14 +61,16 @@ def hf_name(path: tuple[str | int, ...]) -> str:
     return ".".join([*parts, _LEAF_RENAME.get(leaf, leaf)])
 
 
-def _transposed(path: tuple[str | int, ...]) -> bool:
+def is_transposed(path: tuple[str | int, ...]) -> bool:
+    """Whether the HF tensor is the transpose of the jbert leaf (kernels)."""
     return path[-1] == "kernel"
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+def iter_leaves(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(path, leaf) of every leaf of a nested params dict."""
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            yield from _flatten(value, (*prefix, key))
+            yield from iter_leaves(value, (*prefix, key))
         else:
             yield (*prefix, key), value
 
@@ -112,33 +88,9 @@ def _unflatten(leaves: Mapping[tuple, Any]) -> dict:
 def hf_shapes(config: JinaBertConfig, head: str = "base") -> dict[str, tuple[int, ...]]:
     """The HF tensor names and (torch-orientation) shapes of a head's parameters."""
     out = {}
-    for path, leaf in _flatten(abstract_params(config, head)):
+    for path, leaf in iter_leaves(abstract_params(config, head)):
         shape = tuple(leaf.shape)
-        out[hf_name(path)] = shape[::-1] if _transposed(path) else shape
-    return out
-
-
-def to_hf_state_dict(config: JinaBertConfig, params: Params, head: str = "base",
-                     dtype: Any = np.float32) -> dict[str, np.ndarray]:
-    """jbert params -> {HF name: array} in torch orientation (what `model.safetensors` holds)."""
-    expected = dict(_flatten(abstract_params(config, head)))
-    given = dict(_flatten(params))
-    if set(given) != set(expected):
-        missing = sorted(hf_name(p) for p in set(expected) - set(given))
-        extra = sorted(hf_name(p) for p in set(given) - set(expected))
-        raise CheckpointError(f"params do not match head {head!r} of this config: missing "
-                              f"{missing or 'none'}, unexpected {extra or 'none'}")
-    out = {}
-    for path, value in given.items():
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            raise ValueError(f"{hf_name(path)} is spread over several hosts; gather it first "
-                             "(e.g. with jax.experimental.multihost_utils.process_allgather)")
-        array = np.asarray(jax.device_get(value))
-        if array.shape != tuple(expected[path].shape):
-            raise CheckpointError(f"{hf_name(path)}: shape {array.shape}, the config wants "
-                                  f"{tuple(expected[path].shape)}")
-        array = array.T if _transposed(path) else array
-        out[hf_name(path)] = np.ascontiguousarray(array.astype(dtype, copy=False))
+        out[hf_name(path)] = shape[::-1] if is_transposed(path) else shape
     return out
 
 
@@ -206,7 +158,8 @@ class _Tensors:
 # -- import ---------------------------------------------------------------------------------
 
 
-def _resolve(path: str | os.PathLike, revision: str | None) -> Path:
+def local_dir(path: str | os.PathLike, revision: str | None) -> Path:
+    """A local checkpoint directory, or the hub snapshot of an 'owner/name' id."""
     local = Path(path).expanduser()
     if local.is_dir():
         return local
@@ -254,7 +207,7 @@ def load_pretrained(path: str | os.PathLike, head: str = "base", *, revision: st
 
     if head not in HEADS:
         raise KeyError(f"unknown head {head!r}; known: {sorted(HEADS)}")
-    directory = _resolve(path, revision)
+    directory = local_dir(path, revision)
     config_file = directory / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{directory} has no config.json")
@@ -336,165 +289,25 @@ def _load_params(config: JinaBertConfig, head: str, tensors: _Tensors,
     if fresh:
         warnings.warn(f"not in the checkpoint, freshly initialised: {sorted(fresh)}",
                       stacklevel=3)
-        init = dict(_flatten(init_params(config, jax.random.key(0) if rng is None else rng,
-                                         head)))
+        rng = jax.random.key(0) if rng is None else rng
+        init = dict(iter_leaves(init_params(config, rng, head)))
     dtype = jnp.dtype(config.param_dtype)
     leaves = {}
-    for path, _ in _flatten(abstract_params(config, head)):
+    for path, _ in iter_leaves(abstract_params(config, head)):
         name = hf_name(path)
         if name in fresh:
             leaves[path] = init[path]
             continue
         array = arrays[name]
-        array = array.T if _transposed(path) else array
+        array = array.T if is_transposed(path) else array
         leaves[path] = jnp.asarray(np.ascontiguousarray(array), dtype=dtype)
     return _unflatten(leaves)
 
 
-# -- export ---------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # `jbert.hf_export` imports this module, so its `save_pretrained` is fetched on first use.
+    if name == "save_pretrained":
+        from jbert.hf_export import save_pretrained
 
-
-def infer_head(config: JinaBertConfig, params: Params) -> str:
-    """The first head (in `jbert.heads.HEADS` order) whose parameter tree matches `params`."""
-    from jbert.heads import HEADS
-
-    given = {path: tuple(np.shape(v)) for path, v in _flatten(params)}
-    for head in HEADS:
-        wanted = {path: tuple(v.shape) for path, v in _flatten(abstract_params(config, head))}
-        if wanted == given:
-            return head
-    raise CheckpointError("params match no head of this config (compare with "
-                          "jbert.functional.abstract_params(config, head))")
-
-
-def hf_config_dict(config: JinaBertConfig, head: str = "base") -> dict[str, Any]:
-    """`config.json` for a head: the released keys, `architectures` and `auto_map` for it.
-
-    The released embedding repositories carry the bare encoder's weights under
-    `architectures: ["JinaBertForMaskedLM"]`; `AutoModel` goes through `auto_map` and loads the
-    encoder either way, so the base model keeps that name and task heads get their own.
-    """
-    hf = config.to_hf_dict()
-    if head not in ("base", "masked_lm"):
-        hf["architectures"] = [HEAD_CLASSES[head]]
-        if head in _AUTO_CLASSES:
-            module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
-            hf["auto_map"][_AUTO_CLASSES[head]] = f"{module}.{HEAD_CLASSES[head]}"
-    return dict(sorted(hf.items()))
-
-
-def _sentence_transformers_files(config: JinaBertConfig) -> dict[str, Any]:
-    return {
-        "modules.json": [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling",
-             "type": "sentence_transformers.models.Pooling"},
-        ],
-        "sentence_bert_config.json": {"max_seq_length": config.max_position_embeddings,
-                                      "do_lower_case": False},
-        "1_Pooling/config.json": {
-            "word_embedding_dimension": config.hidden_size,
-            "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True,
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": False,
-            "include_prompt": True,
-        },
-        "config_sentence_transformers.json": {"prompts": {}, "default_prompt_name": None,
-                                              "similarity_fn_name": "cosine"},
-    }
-
-
-def _model_card(config: JinaBertConfig, head: str, base_model: str | None) -> str:
-    layout = ("jina-embeddings-v2-base-code layout (jinaai/jina-bert-v2-qk-post-norm)"
-              if config.qk_norm else "jina-embeddings-v2-base-en layout "
-              "(jinaai/jina-bert-implementation)")
-    front = ["---", "license: apache-2.0", "library_name: sentence-transformers",
-             "pipeline_tag: feature-extraction" if head == "base" else f"# head: {head}",
-             "tags:", "- sentence-transformers", "- feature-extraction", "- sentence-similarity",
-             "- custom_code", "- jbert"]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    return "\n".join(front) + f"""
-
-# JinaBERT ({HEAD_CLASSES[head]}), exported by jbert
-
-A JinaBERT encoder ({config.num_hidden_layers} layers, hidden size {config.hidden_size},
-{config.num_attention_heads} heads, symmetric ALiBi, {config.max_position_embeddings} positions)
-in the {layout}. Weights are fp32 with the official tensor names; the modeling code is Jina AI's,
-fetched through `auto_map`, hence `trust_remote_code=True`. Embeddings are the mean of the last
-hidden states over real tokens.
-
-```python
-from sentence_transformers import SentenceTransformer
-
-model = SentenceTransformer("path/or/repo", trust_remote_code=True)
-embeddings = model.encode(["def add(a, b): return a + b"], normalize_embeddings=True)
-```
-
-or in JAX: `config, params = jbert.load_pretrained("path/or/repo")`.
-"""
-
-
-def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Params,
-                    tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
-                    base_model: str | None = None) -> Path:
-    """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
-
-    `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
-    (e.g. the repo the weights came from, whose tokenizer files are copied). `head` is
-    inferred from the parameter tree when not given. The files are written to a temporary
-    sibling and renamed into place; a non-empty `path` is refused unless `overwrite=True`, and
-    then replaced only once the new directory is complete.
-    """
-    out = Path(path).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-    head = head or infer_head(config, params)
-    tensors = to_hf_state_dict(config, params, head)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        from safetensors.numpy import save_file
-
-        # {"format": "pt"}: transformers refuses safetensors files without it.
-        save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        files: dict[str, Any] = {"config.json": hf_config_dict(config, head)}
-        if head == "base":
-            files.update(_sentence_transformers_files(config))
-        for name, content in files.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
-        if tokenizer is not None:
-            _write_tokenizer(tokenizer, tmp, config)
-        (tmp / "README.md").write_text(_model_card(config, head, base_model))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _write_tokenizer(tokenizer: Any, directory: Path, config: JinaBertConfig) -> None:
-    if isinstance(tokenizer, (str, os.PathLike)):
-        source = _resolve(tokenizer, None)  # a directory, or the hub repo the model came from
-        found = [source / f for f in TOKENIZER_FILES if (source / f).is_file()]
-        if not found:
-            raise FileNotFoundError(f"{source} holds none of the tokenizer files "
-                                    f"{TOKENIZER_FILES}")
-        for file in found:
-            shutil.copy2(file, directory / file.name)
-        return
-    from tokenizers import Tokenizer
-
-    if not isinstance(tokenizer, Tokenizer):
-        raise TypeError(f"tokenizer must be a tokenizers.Tokenizer or a directory, got "
-                        f"{type(tokenizer).__name__}")
-    from jbert.data.tokenizer import save_tokenizer
-
-    save_tokenizer(tokenizer, directory, model_max_length=config.max_position_embeddings)
+        return save_pretrained
+    raise AttributeError(f"module 'jbert.hf' has no attribute {name!r}")

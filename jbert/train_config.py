@@ -3,21 +3,47 @@
 A recipe is a Python file under `configs/` with `get_config(arg: str | None) -> TrainConfig`
 (`--config configs/pretrain_tiny.py:fast` passes "fast"). Any field can then be overridden with
 `--config.optim.learning_rate=3e-4`; the value is parsed as the field's declared type, and an
-unknown key or a value that does not parse is an error that names the key.
+unknown key or a value that does not parse is a `ConfigError` that names the key. Entry points
+read their input inside `usage_errors()`, which shows such an error as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import importlib.util
 import json
+import os
+import sys
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from jbert.config import JinaBertConfig
 from jbert.optim import OptimConfig
+
+
+class ConfigError(ValueError):
+    """A bad config file, override or config value given by the user; names the culprit."""
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Ends the program with one `error: ...` line on stderr and exit status 2 (as argparse does)
+    when the block raises a `ConfigError` or a missing/existing path error; `JBERT_DEBUG=1`
+    shows the traceback instead. Wrap only the reading of user input: a failure later (during
+    training) keeps its traceback.
+    """
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("JBERT_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,16 +150,22 @@ def load_config(spec: str) -> TrainConfig:
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise ConfigError(f"{path}: no such config file")
     module_spec = importlib.util.spec_from_file_location(f"jbert_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"--config {path}: defines no get_config(arg) function")
-    config = module.get_config(arg or None)
+        raise ConfigError(f"{path}: defines no get_config(arg) function")
+    try:
+        config = module.get_config(arg or None)
+    except (ValueError, TypeError, KeyError) as e:
+        # A bad argument, or a config class refusing a field or value the file gives it.
+        # Syntax and name errors keep their traceback: it points at the line.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"{path}: {message}") from e
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"--config {path}: get_config returned {type(config).__name__}, "
-                        "not TrainConfig")
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, "
+                          "not TrainConfig")
     return config
 
 
@@ -147,22 +179,27 @@ def apply_overrides(config: Any, overrides: dict[str, str]) -> Any:
 def _set(node: Any, parts: list[str], text: str, key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(node)}
     if parts[0] not in fields:
-        raise KeyError(f"unknown config key {key!r}: {type(node).__name__} has no field "
-                       f"{parts[0]!r} (known: {', '.join(sorted(fields))})")
+        close = difflib.get_close_matches(parts[0], fields, n=1)
+        section = key[: len(key) - len(".".join(parts))]  # "optim." for "optim.lr"
+        suggestion = (f"did you mean {section + close[0]!r}?" if close
+                      else f"known: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has no field "
+                          f"{parts[0]!r} ({suggestion})")
     hint = typing.get_type_hints(type(node))[parts[0]]
     current = getattr(node, parts[0])
     if len(parts) > 1:
         if not dataclasses.is_dataclass(current):
-            raise KeyError(f"unknown config key {key!r}: {parts[0]!r} is a value, not a section")
+            raise ConfigError(f"unknown config key {key!r}: {parts[0]!r} is a value, not a "
+                              "section")
         value = _set(current, parts[1:], text, key)
     elif dataclasses.is_dataclass(current):
-        raise KeyError(f"config key {key!r} is a section; set one of its fields")
+        raise ConfigError(f"config key {key!r} is a section; set one of its fields")
     else:
         value = parse_value(text, hint, key)
     try:
         return dataclasses.replace(node, **{parts[0]: value})
-    except ValueError as e:
-        raise ValueError(f"config key {key!r}: {e}") from None
+    except ValueError as e:  # the dataclass's own validation
+        raise ConfigError(f"config key {key!r}: {e}") from None
 
 
 def parse_value(text: str, hint: Any, key: str) -> Any:
@@ -187,7 +224,7 @@ def parse_value(text: str, hint: Any, key: str) -> Any:
         except ValueError:
             continue
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ValueError(f"config key {key!r}: cannot parse {text!r} as {names}")
+    raise ConfigError(f"config key {key!r}: cannot parse {text!r} as {names}")
 
 
 def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
@@ -204,12 +241,12 @@ def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
             if not sep:
                 value = next(args, None)
                 if value is None:
-                    raise ValueError(f"--config.{key} needs a value")
+                    raise ConfigError(f"--config.{key} needs a value")
             overrides[key] = value
         else:
             rest.append(arg)
     if spec is None:
-        raise ValueError("--config FILE is required (e.g. --config configs/pretrain_tiny.py)")
+        raise ConfigError("--config FILE is required (e.g. --config configs/pretrain_tiny.py)")
     return apply_overrides(load_config(spec), overrides), rest
 
 
@@ -244,7 +281,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise KeyError(f"{cls.__name__}: unknown keys {unknown} in saved config")
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown} in saved config")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]

@@ -1,4 +1,5 @@
-"""jbert.hf: released-layout import/export, checked against an independent PyTorch twin."""
+"""jbert.hf and jbert.hf_export: the released layouts in and out, checked against an independent
+PyTorch twin."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from safetensors.numpy import load_file, save_file
 import jbert
 from jbert import functional
 from jbert.config import JinaBertConfig, preset
-from jbert.hf import CheckpointError, hf_config_dict, load_pretrained, save_pretrained
+from jbert.hf import CheckpointError, load_pretrained
+from jbert.hf_export import hf_config_dict, save_pretrained
 
 torch = pytest.importorskip("torch")  # the test extra; the twin needs it
 
@@ -162,6 +164,15 @@ def test_export_then_import_is_bitwise_identical(name, head, tmp_path):
     for path, value in flat:
         assert got[path].dtype == value.dtype
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg=str(path))
+
+
+def test_save_and_load_are_reachable_where_users_import_them():
+    import jbert.hf
+
+    assert jbert.hf.save_pretrained is save_pretrained is jbert.save_pretrained
+    assert jbert.load_pretrained is load_pretrained
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        jbert.hf.nonsense  # noqa: B018
 
 
 def test_sharded_safetensors_with_an_index(tmp_path):

@@ -18,14 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 from helpers.synthetic import synthetic_task, tiny_config
 
-from jbert import functional, hf
+from jbert import functional, hf_export
 from jbert.checkpoint import CorruptCheckpointError
 from jbert.config import preset
 from jbert.data import corpus as corpus_lib
 from jbert.data import pairs as pairs_lib
 from jbert.data.corpus import FileFilter, Source, build_corpus, iter_files
 from jbert.data.pairs import build_pairs
-from jbert.hf import save_pretrained
+from jbert.hf_export import save_pretrained
 from jbert.pretrain import ensure_data
 from jbert.train_config import DataConfig
 from jbert.trainer import train
@@ -213,7 +213,7 @@ def test_export_interrupted_leaves_the_old_directory(tmp_path, monkeypatch):
     out = save_pretrained(tmp_path / "export", config, params)
     before = _snapshot(out)
     # config.json, then the sentence-transformers files: fail after the first file.
-    _failing_after(monkeypatch, hf.json, "dumps", 1)
+    _failing_after(monkeypatch, hf_export.json, "dumps", 1)
     with pytest.raises(OSError, match="disk gone"):
         save_pretrained(out, config, functional.init_params(config, jax.random.key(1)),
                         overwrite=True)

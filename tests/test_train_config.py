@@ -1,8 +1,18 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from jbert.train_config import TrainConfig, apply_overrides, load_config, parse_cli
+from jbert.train_config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    parse_cli,
+    usage_errors,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "pretrain_tiny.py")
@@ -30,33 +40,70 @@ def test_overrides_parse_to_the_declared_types():
     assert parse_cli([f"--config={TINY}:smoke"])[0].steps == 20
 
 
-@pytest.mark.parametrize("override,error,match", [
-    ({"optim.lr": "1"}, KeyError, "unknown config key 'optim.lr'.*learning_rate"),
-    ({"stpes": "1"}, KeyError, "unknown config key 'stpes'"),
-    ({"steps": "ten"}, ValueError, "'steps': cannot parse 'ten' as int"),
-    ({"data.whole_word": "maybe"}, ValueError, "whole_word"),
-    ({"optim": "3"}, KeyError, "is a section"),
-    ({"steps.x": "3"}, KeyError, "is a value"),
-    ({"model.hidden_size": "102"}, ValueError, "model.hidden_size.*num_attention_heads"),
-    ({"steps": "0"}, ValueError, "config.steps=0"),
-    ({"optim.decay": "exp"}, ValueError, "optim.decay"),
+@pytest.mark.parametrize("override,match", [
+    ({"optim.lr": "1"}, "unknown config key 'optim.lr'.*known: .*learning_rate"),
+    ({"stpes": "1"}, "unknown config key 'stpes'.*did you mean 'steps'"),
+    ({"optim.learning_rte": "1"}, "did you mean 'optim.learning_rate'"),
+    ({"steps": "ten"}, "'steps': cannot parse 'ten' as int"),
+    ({"data.whole_word": "maybe"}, "whole_word"),
+    ({"optim": "3"}, "is a section"),
+    ({"steps.x": "3"}, "is a value"),
+    ({"model.hidden_size": "102"}, "model.hidden_size.*num_attention_heads"),
+    ({"steps": "0"}, "config.steps=0"),
+    ({"optim.decay": "exp"}, "optim.decay"),
 ])
-def test_bad_overrides_name_the_key(override, error, match):
-    with pytest.raises(error, match=match):
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
         apply_overrides(load_config(TINY), override)
 
 
 def test_bad_config_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.py"):
+    with pytest.raises(ConfigError, match="nope.py: no such config file"):
         load_config(str(tmp_path / "nope.py"))
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
-    with pytest.raises(AttributeError, match="get_config"):
+    with pytest.raises(ConfigError, match="get_config"):
         load_config(str(empty))
-    with pytest.raises(ValueError, match="unknown argument 'fast'"):
+    with pytest.raises(ConfigError, match="pretrain_tiny.py: unknown argument 'fast'"):
         load_config(TINY + ":fast")
-    with pytest.raises(ValueError, match="--config FILE is required"):
+    typo = tmp_path / "typo.py"
+    typo.write_text("from jbert.optim import OptimConfig\nfrom jbert.train_config import "
+                    "TrainConfig\n\ndef get_config(arg):\n"
+                    "    return TrainConfig(optim=OptimConfig(lr=1.0))\n")
+    with pytest.raises(ConfigError, match="typo.py: .*unexpected keyword argument 'lr'"):
+        load_config(str(typo))
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(arg):\n    return undefined_name\n")
+    with pytest.raises(NameError):  # a bug in the file keeps its traceback
+        load_config(str(broken))
+    with pytest.raises(ConfigError, match="--config FILE is required"):
         parse_cli(["--config.steps=3"])
+
+
+def test_usage_errors_are_one_line_unless_debugging(capsys, monkeypatch):
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_, usage_errors():
+        raise FileNotFoundError("data.dir=nope: no corpus/ there")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: data.dir=nope: no corpus/ there\n"
+    with pytest.raises(RuntimeError), usage_errors():  # not the user's input: untouched
+        raise RuntimeError("a bug")
+    monkeypatch.setenv("JBERT_DEBUG", "1")
+    with pytest.raises(ConfigError), usage_errors():
+        raise ConfigError("unknown config key")
+
+
+@pytest.mark.parametrize("args,culprit", [
+    (["--config", TINY, "--config.optim.lr=1"], "unknown config key 'optim.lr'"),
+    (["--config", "configs/nope.py"], "configs/nope.py: no such config file"),
+])
+def test_entry_point_reports_bad_input_in_one_line(args, culprit):
+    env = {k: v for k, v in os.environ.items() if k != "JBERT_DEBUG"}
+    run = subprocess.run([sys.executable, "-m", "train.pretrain", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and culprit in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
 
 
 def test_training_cli_takes_the_multihost_flags_and_rejects_others():

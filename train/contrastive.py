@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from jbert.train_config import parse_training_cli
+from jbert.train_config import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
+    with usage_errors():
+        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
 
     import jax
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     from jbert.trainer import train
 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    task, facts = contrastive_task(config, mesh)
+    with usage_errors():  # missing data or pairs
+        task, facts = contrastive_task(config, mesh)
     summary = train(config, task)
     summary.pop("state")
     summary["data"] = facts

@@ -28,10 +28,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     from jbert.data.pair_batches import load_pairs
     from jbert.evaluation import evaluate_embeddings, load_encoder
+    from jbert.train_config import usage_errors
 
-    config, params, tokenizer = load_encoder(args.model)
+    with usage_errors():
+        config, params, tokenizer = load_encoder(args.model)
+        pairs = load_pairs(args.pairs, args.split)
     result = evaluate_embeddings(
-        config, params, tokenizer, load_pairs(args.pairs, args.split),
+        config, params, tokenizer, pairs,
         max_pairs=args.max_pairs, max_query_length=args.max_query_length,
         max_doc_length=args.max_doc_length, bm25=args.bm25)
     result = {"model": args.model, "pairs": args.pairs, "split": args.split, **result}

@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     from jbert.export import export_run
+    from jbert.train_config import usage_errors
 
-    out = export_run(a.checkpoint, a.out, step=a.step, tokenizer=a.tokenizer, head=a.head,
-                     overwrite=a.overwrite)
+    with usage_errors():
+        out = export_run(a.checkpoint, a.out, step=a.step, tokenizer=a.tokenizer, head=a.head,
+                         overwrite=a.overwrite)
     print(f"exported {a.checkpoint} to {out}")
 
 

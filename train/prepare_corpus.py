@@ -11,6 +11,7 @@ import argparse
 
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
 from jbert.data.prepare import PrepareConfig, prepare_data
+from jbert.train_config import usage_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     # Extra languages first: a --max-bytes cap then trims the (large) Python installation.
-    sources = fetched_sources(a.fetched) if a.fetched else []
-    sources += [parse_source(s) for s in a.source]
+    with usage_errors():
+        sources = fetched_sources(a.fetched) if a.fetched else []
+        sources += [parse_source(s) for s in a.source]
     sources += [] if a.no_default_sources else default_sources()
     if not sources:
         p.error("no sources: drop --no-default-sources or give --source/--fetched")

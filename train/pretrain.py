@@ -9,18 +9,20 @@ Multi-host: start one process per host with --coordinator HOST:PORT --num_proces
 import json
 import sys
 
-from jbert.train_config import parse_training_cli
+from jbert.train_config import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
+    with usage_errors():
+        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
 
     import jax
 
     from jbert.pretrain import mlm_task
     from jbert.trainer import train
 
-    task, facts = mlm_task(config, jax.process_count())
+    with usage_errors():  # a missing data.dir
+        task, facts = mlm_task(config, jax.process_count())
     summary = train(config, task)
     summary.pop("state")
     summary["data"] = facts
