@@ -1,10 +1,12 @@
-"""Attention with symmetric ALiBi behind one function, three ways of computing it.
+"""Attention with symmetric ALiBi behind one function, four ways of computing it.
 
 - `reference`: einsum scores, the [B, H, L, L] bias materialised, softmax. Ground truth.
 - `blockwise`: query chunks x key blocks with an online softmax; the ALiBi bias and the mask are
   computed per tile from positions, and the backward pass recomputes tiles from the saved
   log-sum-exp (custom VJP), so neither pass holds an L x L array: memory grows linearly in L.
 - `dpa`: `jax.nn.dot_product_attention`, the platform's fused kernel where it has one.
+- `pallas`: the blockwise algorithm's forward as one Pallas kernel (`attention_pallas.py`), bias
+  computed in-tile; explicit only, as it has run in interpret mode but not on an accelerator.
 
 Masking is one rule for every path: query i may attend to key j iff key j is real
 (`attention_mask`), both lie in the same packed document (`segment_ids`), and, for causal
@@ -81,15 +83,20 @@ def blockwise_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_
     """Flash-style attention in O(L) memory, forward and backward."""
     length = q_BLHK.shape[1]
     block = min(block_size, length)
-    padded = -(-length // block) * block
-    if padded != length:
-        pad = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
-        q_BLHK, k_BLHK, v_BLHK = (jnp.pad(x, pad) for x in (q_BLHK, k_BLHK, v_BLHK))
-        key_valid_BL = jnp.pad(key_valid_BL, [(0, 0), (0, padded - length)])
-        segment_ids_BL = jnp.pad(segment_ids_BL, [(0, 0), (0, padded - length)])
+    q_BLHK, k_BLHK, v_BLHK, key_valid_BL, segment_ids_BL = pad_length(
+        -(-length // block) * block, q_BLHK, k_BLHK, v_BLHK, key_valid_BL, segment_ids_BL)
     out_BLHK = _flash(q_BLHK, k_BLHK, v_BLHK, slopes_H.astype(jnp.float32), key_valid_BL,
                       segment_ids_BL, causal, block)
     return out_BLHK[:, :length]
+
+
+def pad_length(padded: int, *xs_BL: jax.Array) -> tuple[jax.Array, ...]:
+    """Zero-pads the sequence axis (1) of each array to `padded`.
+
+    Padded keys get `key_valid` False, so they take no weight; padded queries are sliced off.
+    """
+    return tuple(jnp.pad(x, [(0, 0), (0, padded - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+                 for x in xs_BL)
 
 
 def _tile_scores(q_BCHK, k_BSHK, slopes_H, valid_BS, seg_q_BC, seg_k_BS, i, j, block, causal):
@@ -169,7 +176,12 @@ def _flash_fwd(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, c
     return out_BLHK, residuals
 
 
-def _flash_bwd(causal, block, residuals, dout_BLHK):
+def flash_backward(causal: bool, block: int, residuals: tuple, dout_BLHK: jax.Array) -> tuple:
+    """Gradients of flash attention from the forward's residuals, tile by tile in O(L) memory.
+
+    `residuals` is (q, k, v, slopes_H, key_valid_BL, segment_ids_BL, out_BLHK, lse_BHL) with L a
+    multiple of `block`; any forward that saves these (the Pallas kernel too) can use it.
+    """
     q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, out_BLHK, lse_BHL = residuals
     scale = 1.0 / math.sqrt(q_BLHK.shape[-1])
     # delta_i = sum_k dout_ik * out_ik: the softmax Jacobian's diagonal correction.
@@ -217,7 +229,7 @@ def _flash_bwd(causal, block, residuals, dout_BLHK):
             dv_BLHK.astype(v_BLHK.dtype), None, None, None)
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_flash_fwd, flash_backward)
 
 
 # -- the one entry point --------------------------------------------------------------------
@@ -267,4 +279,10 @@ def attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array, slopes_H:
     if impl == "dpa":
         return dpa_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
                              causal)
+    if impl == "pallas":
+        # Imported here: the kernel module imports this one, and Pallas stays off other paths.
+        from jbert.attention_pallas import pallas_attention
+
+        return pallas_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
+                                causal, block_size)
     raise ValueError(f"unknown attention impl {impl!r}")

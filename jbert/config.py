@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 FEED_FORWARD_TYPES = ("original", "glu", "geglu", "reglu")
-ATTENTION_IMPLS = ("auto", "reference", "blockwise", "dpa")
+ATTENTION_IMPLS = ("auto", "reference", "blockwise", "dpa", "pallas")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_tanh", "relu", "silu", "swish", "tanh")
 DTYPES = ("float32", "bfloat16", "float16")
 
