@@ -8,6 +8,7 @@ import pytest
 
 from jbert import functional
 from jbert.config import preset
+from jbert.heads import add_vocab_bias
 
 B, L, V = 4, 12, 64
 CONFIG = preset("tiny", vocab_size=V, hidden_size=32, num_attention_heads=2,
@@ -132,3 +133,19 @@ def test_sequence_classification_problem_types(num_labels, labels, problem):
         y = np.asarray(labels)
         expected = np.mean(np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits))))
     np.testing.assert_allclose(float(out["loss"]), expected, rtol=1e-5)
+
+
+def test_vocab_bias_gradient_is_the_plain_sum():
+    """`add_vocab_bias` only changes how the bias gradient is computed, not its value."""
+    logits_BLV = jax.random.normal(jax.random.key(0), (3, 5, 11))
+    bias_V = jax.random.normal(jax.random.key(1), (11,))
+    weights_BLV = jax.random.normal(jax.random.key(2), (3, 5, 11))
+
+    def loss(add):
+        return lambda l, b: jnp.sum(jnp.tanh(add(l, b)) * weights_BLV)
+
+    ours = jax.grad(loss(add_vocab_bias), (0, 1))(logits_BLV, bias_V)
+    plain = jax.grad(loss(jnp.add), (0, 1))(logits_BLV, bias_V)
+    np.testing.assert_allclose(add_vocab_bias(logits_BLV, bias_V), logits_BLV + bias_V)
+    for got, want in zip(ours, plain):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
