@@ -7,6 +7,7 @@ import pytest
 
 from jbert.data.mlm import (
     IGNORE_INDEX,
+    MIN_PIECE_TOKENS,
     MaskConfig,
     StreamConfig,
     mask_tokens,
@@ -14,8 +15,9 @@ from jbert.data.mlm import (
     mlm_iterator,
     pack_documents,
 )
-from jbert.data.tokenizer import special_ids, train_tokenizer
+from jbert.data.tokenizer import SpecialIds, special_ids, train_tokenizer
 
+IDS = SpecialIds(cls=0, pad=1, sep=2, unk=3, mask=4, all=(0, 1, 2, 3, 4))
 WORDS = "alpha beta gamma delta return value index counter buffer parse token yield".split()
 
 
@@ -137,6 +139,55 @@ def test_packing_never_crosses_a_document(tok):
             assert piece[0] == ids.cls and piece[-1] == ids.sep and len(piece) <= 64
             rebuilt[int(doc[r][seg[r] == s][0])].extend(piece[1:-1].tolist())
     assert all(rebuilt[d] == list(docs[d]) for d in range(len(docs)))
+
+
+def _file_like_docs(n: int, seed: int = 0) -> list[list[int]]:
+    """Token lists with source-file lengths: log-normal, median 300 tokens, a tail of files
+    several rows long; ids from 5 up (no specials)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(300), 1.2, n).astype(int), 1, 20_000)
+    return [rng.integers(5, 1000, size=k).tolist() for k in lengths]
+
+
+def test_packing_fills_rows_on_file_like_lengths():
+    docs = _file_like_docs(1024)
+    real = total = 0
+    for start in range(0, len(docs), 64):  # chunk by chunk, as the stream packs
+        seg = pack_documents(docs[start : start + 64], 512, IDS).segment_ids
+        real += int((seg > 0).sum())
+        total += seg.size
+    assert real / total >= 0.95
+
+
+def test_packing_cuts_pieces_at_row_ends_and_keeps_every_token_once():
+    L = 128
+    docs = _file_like_docs(200, seed=1)
+    # no word starts inside documents: only the piece starts may carry one
+    packed = pack_documents(docs, L, IDS, [[False] * len(d) for d in docs])
+    seg, doc, ws = packed.segment_ids, packed.doc_index, packed.word_start
+    pieces = []  # (document, tokens) in row order
+    for r in range(seg.shape[0]):
+        n_pad = int((seg[r] == 0).sum())
+        assert (seg[r][L - n_pad :] == 0).all(), "padding only at the end of a row"
+        if r < seg.shape[0] - 1:
+            assert n_pad < MIN_PIECE_TOKENS + 2, "a row closed although a piece still fit"
+        for s in range(1, seg[r].max() + 1):
+            at = np.flatnonzero(seg[r] == s)
+            assert (np.diff(at) == 1).all()
+            piece = packed.input_ids[r][at]
+            # CLS ... SEP inside this row: no piece runs on into the next row
+            assert piece[0] == IDS.cls and piece[-1] == IDS.sep
+            assert ws[r][at[1]] and not ws[r][at[2:-1]].any()
+            assert (doc[r][at] == doc[r][at[0]]).all()
+            pieces.append((int(doc[r][at[0]]), piece[1:-1].tolist()))
+    assert [d for d, _ in pieces] == sorted(d for d, _ in pieces), "documents out of order"
+    for i, (d, toks) in enumerate(pieces[:-1]):
+        if pieces[i + 1][0] == d:  # a cut: the piece before it is not a stub
+            assert len(toks) >= MIN_PIECE_TOKENS
+    rebuilt = {d: [] for d in range(len(docs))}
+    for d, toks in pieces:
+        rebuilt[d].extend(toks)
+    assert all(rebuilt[d] == docs[d] for d in range(len(docs)))
 
 
 def test_resume_yields_the_same_rows(tok):

@@ -5,6 +5,11 @@ Pipeline (grain, all state small and JSON-able):
   `docs_per_chunk` documents -> tokenize the chunk with `encode_batch`, pack it, mask it -> rows
   -> batches of B rows.
 
+Packing fills rows: a document is laid down as `CLS piece SEP` pieces, each with its own segment
+id and never straddling two rows; a piece that does not fit in the row's remaining space is cut
+there and its remainder opens the next row as a new piece. Only when the space left holds fewer
+than `MIN_PIECE_TOKENS` tokens is the row closed with padding instead.
+
 A chunk is packed on its own (its last row is padded, never filled from the next chunk) and masked
 with an RNG seeded by (seed, process_index, chunk index). A chunk's rows are therefore a pure
 function of its index, which is what makes the grain state (`{parent position, rows already
@@ -30,6 +35,9 @@ from tokenizers import Tokenizer
 from jbert.data.tokenizer import SpecialIds, special_ids
 
 IGNORE_INDEX = -100
+# A piece shorter than this is not worth its CLS and SEP: at 8 tokens the specials are a fifth of
+# the piece and the masked tokens still see some context. Rows end at most this short of full.
+MIN_PIECE_TOKENS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +82,12 @@ def pack_documents(
     ids: SpecialIds,
     word_starts: Sequence[Sequence[bool]] | None = None,
 ) -> PackedRows:
-    """Packs token lists (no specials) into rows of `seq_len`, greedily in order.
+    """Packs token lists (no specials) into rows of `seq_len`, in order, filling each row.
 
-    Each document is cut into pieces of at most `seq_len - 2` tokens; a piece becomes
-    `CLS piece SEP` with its own segment id and never straddles two rows.
+    A document becomes `CLS piece SEP` pieces of at most `seq_len - 2` tokens, each with its own
+    segment id and inside one row. A piece that does not fit is cut to fill the row (its
+    remainder starts the next row) unless fewer than `MIN_PIECE_TOKENS` tokens would fit; then
+    the row is closed with padding. The first token of every piece starts a word.
     """
     L = seq_len
     if L < 3:
@@ -100,19 +110,24 @@ def pack_documents(
 
     for d, toks in enumerate(docs):
         ws_doc = np.ones(len(toks), bool) if word_starts is None else np.asarray(word_starts[d])
-        for start in range(0, len(toks), L - 2):
-            piece = toks[start : start + L - 2]
-            n = len(piece) + 2
-            if used + n > L:
+        start = 0
+        while start < len(toks):
+            room = L - used - 2  # tokens that fit between a CLS and a SEP in this row
+            rest = len(toks) - start
+            if used and rest > room and room < MIN_PIECE_TOKENS:
                 flush()
+                room = L - 2
+            k = min(rest, room)
+            n = k + 2
             n_seg += 1
-            cur_ids[used : used + n] = [ids.cls, *piece, ids.sep]
+            cur_ids[used : used + n] = [ids.cls, *toks[start : start + k], ids.sep]
             cur_seg[used : used + n] = n_seg
             cur_ws[used : used + n] = True
-            cur_ws[used + 1 : used + n - 1] = ws_doc[start : start + L - 2]
+            cur_ws[used + 1 : used + n - 1] = ws_doc[start : start + k]
             cur_ws[used + 1] = True  # a piece starts a word even when the cut fell inside one
             cur_doc[used : used + n] = d
             used += n
+            start += k
     if used:
         flush()
     if not rows_ids:
