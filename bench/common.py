@@ -6,6 +6,7 @@ a test extra, so the benchmarks need `pip install -e .[test]` or the project ven
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -89,3 +90,10 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """The run's figures as JSON at `path` (the scripts' `--json`), if given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from bench.common import (  # noqa: E402
     summary,
     timed,
     twin_module,
+    write_json,
 )
 from jbert import functional  # noqa: E402
 from jbert.config import JinaBertConfig, preset  # noqa: E402
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch, length = (int(x) for x in shape.split("x"))
         results[shape] = bench_shape(config, batch, length, args.variants.split(","), args.steps)
     print(f"\npeak RSS of the process: {peak_rss_gib():.1f} GiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine_line(), "shapes": results}, f,
-                      indent=1)
+    write_json(args.json, {"args": vars(args), "machine": machine_line(), "shapes": results})
     return results
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from bench.common import (
     summary,
     timed,
     twin_module,
+    write_json,
 )
 from jbert.config import JinaBertConfig, preset
 from jbert.model import attention_path
@@ -130,6 +130,7 @@ def make_variant(name: str, config: JinaBertConfig, batch_np: dict, dtype: str):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="base-code")
+    p.add_argument("--layers", type=int, help="override the preset's num_hidden_layers")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant")
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(2)
     config = preset(args.preset)
+    if args.layers:
+        config = config.replace(num_hidden_layers=args.layers)
     batch_np = mlm_batch(config.vocab_size, args.batch, args.seq, args.mask_rate)
     tokens = args.batch * args.seq
     names = args.variants.split(",")
@@ -172,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\npeak RSS of the process: {peak_rss_gib():.1f} GiB")
     result = {"args": vars(args), "machine": machine_line(), "rows": rows,
               "times": times}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.json, result)
     return result
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jbert.config import JinaBertConfig
-from jbert.heads import build, l2_normalize, mean_pool
+from jbert.heads import build, l2_normalize, mean_pool, segment_mean_pool
 
 Params = dict[str, Any]
 
@@ -90,10 +90,21 @@ def encoder_head(encoder: Params) -> str:
 
 def embed(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
           attention_mask_BL: jax.Array, token_type_ids_BL: jax.Array | None = None,
-          *, dropout_rng: jax.Array | None = None, normalize: bool = True) -> jax.Array:
-    """Sentence embeddings [B, D]: mean pooling over real tokens, then L2 normalisation."""
+          segment_ids_BL: jax.Array | None = None, *, num_segments: int = 1,
+          dropout_rng: jax.Array | None = None, normalize: bool = True) -> jax.Array:
+    """Sentence embeddings: mean pooling over each text's tokens, then L2 normalisation.
+
+    One text per row gives [B, D]. With `segment_ids_BL` (texts packed into rows, numbered 1..S,
+    0 on padding; attention stays inside a text) it gives [B, S, D] with S = `num_segments`,
+    zeros where a row holds fewer texts. ALiBi sees only distances, so a packed text's embedding
+    is the one it gets alone.
+    """
     encoder = encoder_params(params)
     out = apply(config, encoder, input_ids_BL, attention_mask_BL, token_type_ids_BL,
-                head=encoder_head(encoder), dropout_rng=dropout_rng)
-    pooled_BD = mean_pool(out["last_hidden_state"], attention_mask_BL)
-    return l2_normalize(pooled_BD) if normalize else pooled_BD
+                segment_ids_BL, head=encoder_head(encoder), dropout_rng=dropout_rng)
+    x_BLD = out["last_hidden_state"]
+    if segment_ids_BL is None:
+        pooled = mean_pool(x_BLD, attention_mask_BL)
+    else:
+        pooled = segment_mean_pool(x_BLD, segment_ids_BL, num_segments)
+    return l2_normalize(pooled) if normalize else pooled

@@ -1,3 +1,5 @@
+import ast
+import collections
 import inspect
 import json
 
@@ -8,7 +10,7 @@ import pytest
 from jbert import functional
 from jbert.config import preset
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder, bucket_lengths
+from jbert.embedder import Embedder, bucket_lengths, padding_fraction, plan_calls
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +72,54 @@ def test_bad_arguments(embedder):
         embedder.encode(["a"], max_length=10_000)
     with pytest.raises(ValueError, match="batch_size"):
         embedder.encode(["a"], batch_size=0)
+
+
+def _functions(*modules) -> list[str]:
+    """The source of every function and class of these modules: real code of real lengths."""
+    out = []
+    for m in modules:
+        source = inspect.getsource(m)
+        lines = source.splitlines(keepends=True)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                out.append("".join(lines[node.lineno - 1 : node.end_lineno]))
+    return out
+
+
+def test_packed_equals_one_text_per_row(embedder):
+    rng = np.random.default_rng(0)
+    texts = [*TEXTS, "value = compute(value) + 1\n" * 400, *_functions(json)[:40]]
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    lengths = [len(x) for x in embedder.tokenize(texts, 512)]
+    assert max(lengths) == 512
+    calls = plan_calls(lengths, 512, batch_size=4)
+    assert any(len(row) > 1 for c in calls for row in c.rows), "nothing was packed"
+    packed = embedder.encode(texts, batch_size=4)
+    assert embedder.last_padding_fraction == pytest.approx(padding_fraction(calls, lengths))
+    alone = embedder.encode(texts, batch_size=4, pack=False)
+    np.testing.assert_allclose(packed, alone, atol=1e-5)
+    # input order: a permutation of the inputs permutes the embeddings
+    back = rng.permutation(len(texts))
+    np.testing.assert_allclose(embedder.encode([texts[i] for i in back]), packed[back], atol=1e-5)
+
+
+def test_plan_places_every_text_once_within_its_row():
+    lengths = [int(n) for n in np.random.default_rng(1).integers(2, 700, 300)]
+    calls = plan_calls(lengths, 1024, batch_size=8)
+    placed = [i for c in calls for row in c.rows for i in row]
+    assert sorted(placed) == list(range(len(lengths)))
+    for c in calls:
+        assert len(c.rows) == c.num_rows and c.length in (512, 1024)
+        assert c.num_rows * c.length <= 8 * 512  # about the same tokens in every call
+        for row in c.rows:
+            assert sum(lengths[i] for i in row) <= c.length and len(row) <= c.num_segments
+    assert len({(c.num_rows, c.length) for c in calls}) <= 8  # few shapes to compile
+
+
+@pytest.mark.parametrize("max_length", [512, 8192])
+def test_packing_wastes_under_five_percent_on_real_code(embedder, max_length):
+    texts = _functions(json, inspect, collections, ast)  # one-line helpers to 1,000-line classes
+    lengths = [len(x) for x in embedder.tokenize(texts, max_length)]
+    packed = padding_fraction(plan_calls(lengths, max_length, 32), lengths)
+    unpacked = padding_fraction(plan_calls(lengths, max_length, 32, pack=False), lengths)
+    assert packed < 0.05 < unpacked

@@ -142,10 +142,10 @@ def test_vocab_bias_gradient_is_the_plain_sum():
     weights_BLV = jax.random.normal(jax.random.key(2), (3, 5, 11))
 
     def loss(add):
-        return lambda l, b: jnp.sum(jnp.tanh(add(l, b)) * weights_BLV)
+        return lambda x, b: jnp.sum(jnp.tanh(add(x, b)) * weights_BLV)
 
     ours = jax.grad(loss(add_vocab_bias), (0, 1))(logits_BLV, bias_V)
     plain = jax.grad(loss(jnp.add), (0, 1))(logits_BLV, bias_V)
     np.testing.assert_allclose(add_vocab_bias(logits_BLV, bias_V), logits_BLV + bias_V)
-    for got, want in zip(ours, plain):
+    for got, want in zip(ours, plain, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

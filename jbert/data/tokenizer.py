@@ -149,6 +149,19 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
+def encode_with_specials(tokenizer: Tokenizer, texts: Sequence[str],
+                         max_length: int) -> list[list[int]]:
+    """Each text as the model reads it: CLS, its first `max_length - 2` tokens, SEP (no padding).
+
+    The specials are added here rather than by the tokenizer's post-processor, so a tokenizer
+    without one (or with another template) still gives the rows the model was trained on.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length {max_length} leaves no room for CLS and SEP")
+    ids = special_ids(tokenizer)
+    return [[ids.cls, *toks[: max_length - 2], ids.sep] for toks in encode_texts(tokenizer, texts)]
+
+
 def tokenize_texts(
     tokenizer: Tokenizer,
     texts: Sequence[str],
@@ -157,17 +170,15 @@ def tokenize_texts(
 ) -> dict[str, np.ndarray]:
     """Texts to `input_ids` / `attention_mask` int32 arrays of shape [B, L].
 
-    Each row is CLS, the text's first `max_length - 2` tokens, SEP, then PAD. L is `pad_to` if
-    given (a fixed shape avoids recompiles), else `max_length`.
+    Each row is `encode_with_specials`'s, then PAD. L is `pad_to` if given (a fixed shape avoids
+    recompiles), else `max_length`.
     """
-    ids = special_ids(tokenizer)
     L = pad_to or max_length
     if L < max_length:
         raise ValueError(f"pad_to {pad_to} is shorter than max_length {max_length}")
-    input_ids_BL = np.full((len(texts), L), ids.pad, np.int32)
+    input_ids_BL = np.full((len(texts), L), special_ids(tokenizer).pad, np.int32)
     attention_mask_BL = np.zeros((len(texts), L), np.int32)
-    for b, toks in enumerate(encode_texts(tokenizer, texts)):
-        row = [ids.cls, *toks[: max_length - 2], ids.sep]
+    for b, row in enumerate(encode_with_specials(tokenizer, texts, max_length)):
         input_ids_BL[b, : len(row)] = row
         attention_mask_BL[b, : len(row)] = 1
     return {"input_ids": input_ids_BL, "attention_mask": attention_mask_BL}
