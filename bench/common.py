@@ -97,3 +97,12 @@ def write_json(path: str | None, result: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def add_model_args(parser, layers: int | None = None) -> None:
+    """`--preset --layers --batch --seq`: the model and batch shape of the step benchmarks."""
+    parser.add_argument("--preset", default="base-code")
+    parser.add_argument("--layers", type=int, default=layers,
+                        help="override the preset's num_hidden_layers (0 or unset: keep it)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)

@@ -30,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.common` w
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from bench.common import (
     IGNORE_INDEX,
+    add_model_args,
     machine_line,
     mlm_batch,
     peak_rss_gib,
@@ -44,7 +46,9 @@ from bench.common import (
     twin_module,
     write_json,
 )
+from jbert import functional
 from jbert.config import JinaBertConfig, preset
+from jbert.hf_export import to_hf_state_dict
 from jbert.model import attention_path
 from jbert.optim import OptimConfig, make_optimizer
 from jbert.sharding import batch_sharding, make_mesh
@@ -85,8 +89,16 @@ def jbert_step(config: JinaBertConfig, batch_np: dict, loss: str):
 
 def torch_step(config: JinaBertConfig, batch_np: dict, loss: str, bf16: bool):
     tw = twin_module()
-    torch.manual_seed(0)
-    model = tw.build(config.to_hf_dict(), masked_lm=True).train()
+    model = tw.build(config.to_hf_dict(), masked_lm=True)
+    # The parameters `init_state(seed=0)` gives jbert, so both sides compute the same function
+    # from the same weights (their step-0 losses agree, up to dropout where the config has it).
+    init_key = jax.random.split(jax.random.key(0))[0]
+    init = to_hf_state_dict(config, functional.init_params(config, init_key, HEAD), HEAD)
+    missing, unexpected = model.load_state_dict(
+        {name: torch.from_numpy(np.asarray(x)) for name, x in init.items()}, strict=False)
+    if set(missing) - set(tw.TIED) or unexpected:
+        raise KeyError(f"twin init: missing {missing}, unexpected {unexpected}")
+    model.train()
     params = list(model.named_parameters())
     opt = torch.optim.AdamW(
         [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": 0.01},
@@ -129,10 +141,7 @@ def make_variant(name: str, config: JinaBertConfig, batch_np: dict, dtype: str):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="base-code")
-    p.add_argument("--layers", type=int, help="override the preset's num_hidden_layers")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=512)
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="jbert compute dtype (fp32 params); torch autocast bf16")

@@ -56,7 +56,7 @@ def add_vocab_bias(logits_BLV: jax.Array, bias_V: jax.Array) -> jax.Array:
 
     The two are the same sum, but XLA:CPU (jaxlib 0.10) runs the [N, V] -> [V] column reduction
     about 40x slower than `ones[N] @ g[N, V]` at V = 61k: 0.4 s of a base-code train step
-    (docs/benchmarks.md, "Profile of the train step").
+    (docs/benchmarks.md, "MLM train step").
     """
     return logits_BLV + bias_V
 
