@@ -6,8 +6,9 @@
   computed per tile from positions, and the backward pass recomputes tiles from the saved
   log-sum-exp (custom VJP), so neither pass holds an L x L array: memory grows linearly in L.
 - `dpa`: `jax.nn.dot_product_attention`, the platform's fused kernel where it has one.
-- `pallas`: the blockwise algorithm's forward as one Pallas kernel (`attention_pallas.py`), bias
-  computed in-tile; explicit only, as it has run in interpret mode but not on an accelerator.
+- `pallas`: the blockwise algorithm as Pallas kernels (`attention_pallas.py`: forward, dk/dv,
+  dq), bias computed in-tile; explicit only, as it has run in interpret mode but not on an
+  accelerator.
 
 Masking is one rule for every path: query i may attend to key j iff key j is real
 (`attention_mask`), both lie in the same packed document (`segment_ids`), and, for causal
@@ -185,12 +186,8 @@ def _flash_fwd(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, c
     return out_BLHK, residuals
 
 
-def flash_backward(causal: bool, block: int, residuals: tuple, dout_BLHK: jax.Array) -> tuple:
-    """Gradients of flash attention from the forward's residuals, tile by tile in O(L) memory.
-
-    `residuals` is (q, k, v, slopes_H, key_valid_BL, segment_ids_BL, out_BLHK, lse_BHL) with L a
-    multiple of `block`; any forward that saves these (the Pallas kernel too) can use it.
-    """
+def _flash_bwd(causal, block, residuals, dout_BLHK):
+    """Gradients of flash attention from the forward's residuals, tile by tile in O(L) memory."""
     q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, out_BLHK, lse_BHL = residuals
     scale = 1.0 / math.sqrt(q_BLHK.shape[-1])
     # delta_i = sum_k dout_ik * out_ik: the softmax Jacobian's diagonal correction.
@@ -238,7 +235,7 @@ def flash_backward(causal: bool, block: int, residuals: tuple, dout_BLHK: jax.Ar
             dv_BLHK.astype(v_BLHK.dtype), None, None, None)
 
 
-_flash.defvjp(_flash_fwd, flash_backward)
+_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # -- the one entry point --------------------------------------------------------------------
