@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,8 @@ from jbert.optim import make_optimizer  # noqa: E402
 from jbert.pretrain import mlm_task  # noqa: E402
 from jbert.sharding import batch_sharding, make_mesh  # noqa: E402
 from jbert.state import init_state, state_shardings  # noqa: E402
-from jbert.steps import train_step  # noqa: E402
 from jbert.train_config import load_config  # noqa: E402
-from jbert.trainer import global_batch  # noqa: E402
+from jbert.trainer import global_batch, jit_train_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,10 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     tx = make_optimizer(cfg.optim, cfg.steps)
     _, state_sh = state_shardings(mesh, model, task.head, tx)
     batch_sh = batch_sharding(mesh)
-    step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx,
-                                        grad_accum=cfg.grad_accum),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                      donate_argnums=0)
+    step_fn = jit_train_step(task.loss_fn, tx, state_sh, batch_sh, grad_accum=cfg.grad_accum)
     state = init_state(mesh, model, task.head, tx, cfg.seed)
     start = time.perf_counter()
     state, metrics = step_fn(state, global_batch(batches[0], batch_sh))

@@ -22,7 +22,6 @@ two threads (XLA's default on this 2-core machine; `torch.set_num_threads`). A b
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -53,7 +52,8 @@ from jbert.model import attention_path
 from jbert.optim import OptimConfig, make_optimizer
 from jbert.sharding import batch_sharding, make_mesh
 from jbert.state import init_state, state_shardings
-from jbert.steps import mlm_loss_fn, train_step
+from jbert.steps import mlm_loss_fn
+from jbert.trainer import jit_train_step
 
 HEAD = "masked_lm"
 
@@ -72,9 +72,7 @@ def jbert_step(config: JinaBertConfig, batch_np: dict, loss: str):
     loss_fn = masked_loss_fn(config, batch_np) if loss == "masked" else mlm_loss_fn(config)
     _, state_sh = state_shardings(mesh, config, HEAD, tx)
     batch_sh = batch_sharding(mesh)
-    step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                      donate_argnums=0)
+    step_fn = jit_train_step(loss_fn, tx, state_sh, batch_sh)
     state = init_state(mesh, config, HEAD, tx, seed=0)
     batch = jax.device_put({k: jnp.asarray(v) for k, v in batch_np.items()}, batch_sh)
     holder = {"state": state}
