@@ -39,8 +39,8 @@ def atomic_dir(out: str | os.PathLike, owned: Callable[[str], bool]) -> Iterator
     """
     out = Path(out).absolute()
     if out.exists():
-        foreign = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
-        foreign = [name for name in foreign if not (out.is_dir() and owned(name))]
+        foreign = (sorted(p.name for p in out.iterdir() if not owned(p.name)) if out.is_dir()
+                   else [out.name])
         if foreign:
             raise FileExistsError(f"{out} holds entries this writer did not make: "
                                   f"{foreign[:5]}; choose an empty or new directory")

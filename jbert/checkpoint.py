@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jbert import functional
 from jbert.state import State
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self.unreadable: list[tuple[int, str, str]] = []  # (step, moved to, error)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -92,6 +92,7 @@ class Checkpointer:
 
         Unreadable ones are logged by path, moved aside and skipped; None if none is left.
         """
+        unreadable: list[tuple[int, str, str]] = []  # (step, moved to, error)
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 return (step, *self.restore(step, abstract_state))
@@ -100,10 +101,10 @@ class Checkpointer:
             moved = self._set_aside(step)
             log.warning("checkpoint step %d at %s is unreadable (%s); moved to %s, trying "
                         "the previous one", step, self.directory / str(step), error, moved)
-            self.unreadable.append((step, str(moved), error))
-        if self.unreadable:  # never start over silently when the run had checkpoints
+            unreadable.append((step, str(moved), error))
+        if unreadable:  # never start over silently when the run had checkpoints
             raise CorruptCheckpointError(f"no readable checkpoint in {self.directory}; set "
-                                         f"aside: {self.unreadable}")
+                                         f"aside: {unreadable}")
         return None
 
     def _set_aside(self, step: int) -> Path:
@@ -147,8 +148,6 @@ def restore_weights(directory: str | Path, config: Any,
                     step: int | None = None) -> tuple[Any, str, int]:
     """(params, head, step) of a committed checkpoint, the latest by default: weights only,
     for the head the run trained (recorded in its meta; MLM before heads were recorded)."""
-    from jbert import functional
-
     if not Path(directory).is_dir():  # Checkpointer would create it: a typo must not leave dirs
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
     checkpointer = Checkpointer(directory)

@@ -25,7 +25,7 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
         contrastive_steps: int | None = None) -> dict:
     from jbert.contrastive import contrastive_task
     from jbert.data.pair_batches import load_pairs
-    from jbert.evaluation import evaluate_embeddings, load_encoder
+    from jbert.evaluation import RETRIEVAL_METRICS, evaluate_embeddings, load_encoder
     from jbert.export import export_run
     from jbert.pretrain import mlm_task
     from jbert.sharding import make_mesh
@@ -60,15 +60,14 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
                    max_doc_length=tune.contrastive.max_doc_length)
     untuned = evaluate_embeddings(*load_encoder(mlm.workdir), pairs, bm25=True, **lengths)
     tuned = evaluate_embeddings(*load_encoder(export_dir), pairs, **lengths)
-    keys = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
     result = {
         "data_dir": mlm.data.dir, "pretrain_dir": mlm.workdir, "contrastive_dir": tune.workdir,
         "export_dir": str(export_dir), "heldout_pairs": int(untuned["queries"]),
         "mlm_eval_loss": mlm_summary.get("final_eval", {}).get("eval_loss"),
         "mlm_unigram_loss": facts.get("unigram_loss"),
-        "tuned": {k: tuned[k] for k in keys},
-        "untuned_backbone": {k: untuned[k] for k in keys},
-        "bm25": {k: untuned[f"bm25_{k}"] for k in keys},
+        "tuned": {k: tuned[k] for k in RETRIEVAL_METRICS},
+        "untuned_backbone": {k: untuned[k] for k in RETRIEVAL_METRICS},
+        "bm25": {k: untuned[f"bm25_{k}"] for k in RETRIEVAL_METRICS},
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     (workdir / "demo.json").write_text(json.dumps(result, indent=1))

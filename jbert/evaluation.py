@@ -37,6 +37,10 @@ def retrieval_metrics(ranks_Q: np.ndarray, k: int = 10,
     return out
 
 
+# What the tables and plots report of `retrieval_metrics`, in this order.
+RETRIEVAL_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
+
+
 def score_metrics(scores_QN: np.ndarray, relevant_Q: np.ndarray) -> dict[str, float]:
     return retrieval_metrics(ranks_of_relevant(scores_QN, relevant_Q))
 
@@ -109,7 +113,7 @@ def bm25_metrics(queries: Sequence[str], corpus: Sequence[str],
     return score_metrics(BM25Index(corpus).scores(queries), relevant_Q)
 
 
-def bm25_hard_negatives(pairs: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+def bm25_hard_negatives(pairs: Sequence[dict], n: int) -> list[dict]:
     """Pairs with `negatives`: the n best BM25 matches for the query among the other pairs'
     positives. Pairs that already carry n negatives keep theirs."""
     corpus = [p["positive"] for p in pairs]

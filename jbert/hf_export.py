@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jbert.atomic import replace_dir
+from jbert.atomic import atomic_dir
 from jbert.config import JinaBertConfig
 from jbert.functional import Params, abstract_params
 from jbert.hf import (
@@ -181,9 +180,8 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
         raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
     head = head or infer_head(config, params)
     tensors = to_hf_state_dict(config, params, head)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # The checks above already refused a directory the caller did not ask to replace.
+    with atomic_dir(out, owned=lambda _: True) as tmp:
         from safetensors.numpy import save_file
 
         # {"format": "pt"}: transformers refuses safetensors files without it.
@@ -197,10 +195,6 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp, config)
         (tmp / "README.md").write_text(_model_card(config, head, base_model))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-RETRIEVAL_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
+from jbert.evaluation import RETRIEVAL_METRICS
 
 # Training-curve panels: (title, y label, [(key, line style)]); a panel is drawn when any key is
 # in the logs. Eval and BM25 lines are dashed so the legend reads "train vs eval".
@@ -184,7 +184,6 @@ def length_curve(results: Mapping[int, Mapping[str, Any]] | Mapping[str, Mapping
                     label="dense attention" if i == 0 and dense else None)
             ax.plot(block, [per_length[n][key] for n in block], "o", mfc="white",
                     color=f"C{i}", label="blockwise attention" if i == 0 and block else None)
-            ax.set_xticks(lengths, [str(n) for n in lengths])
         if train_length:
             ax.axvline(train_length, color="grey", linestyle="--",
                        label=f"training length ({train_length})")

@@ -60,15 +60,17 @@ def mlm_loss_fn(config: JinaBertConfig, max_predictions: int | None = None) -> L
     return loss
 
 
-def _micro_batches(batch: Batch, n: int) -> Batch:
-    """[B, ...] -> [n, B / n, ...], micro-batch i taking rows i, i + n, ...: each device keeps
-    its own rows, so no resharding is needed."""
-    def split(x):
-        if x.shape[0] % n:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into grad_accum={n}")
-        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+def strided_split(x_BX: jax.Array, n: int, what: str) -> jax.Array:
+    """[B, ...] -> [n, B / n, ...], part i taking rows i, i + n, ...: each device keeps its own
+    rows in every part, so splitting moves no data. `what` names the split in the error."""
+    rows = x_BX.shape[0]
+    if rows % n:
+        raise ValueError(f"{rows} rows do not split into {what}")
+    return jnp.swapaxes(x_BX.reshape(rows // n, n, *x_BX.shape[1:]), 0, 1)
 
-    return jax.tree.map(split, batch)
+
+def _micro_batches(batch: Batch, n: int) -> Batch:
+    return jax.tree.map(lambda x: strided_split(x, n, f"grad_accum={n} micro-batches"), batch)
 
 
 def train_step(state: State, batch: Batch, *, loss_fn: LossFn,
