@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from jbert import functional
 from jbert.config import JinaBertConfig
-from jbert.steps import Batch, GradFn, LossFn
+from jbert.steps import Batch, GradFn, LossFn, strided_split
 from jbert.train_config import ContrastiveConfig, TrainConfig
 
 BATCH_AXES = ("data", "fsdp")
@@ -138,12 +138,8 @@ def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
 
 
 def _chunked(x_BX: jax.Array, chunks: int, mesh: Mesh | None) -> jax.Array:
-    """[B, ...] -> [chunks, B / chunks, ...], chunk j holding rows j, j + chunks, ...: every
-    device keeps its own rows in every chunk, so chunking moves no data."""
-    rows = x_BX.shape[0]
-    if rows % chunks:
-        raise ValueError(f"{rows} rows do not split into {chunks} GradCache chunks")
-    x_NcX = jnp.swapaxes(x_BX.reshape(rows // chunks, chunks, *x_BX.shape[1:]), 0, 1)
+    """[B, ...] -> [chunks, B / chunks, ...] by `strided_split`, pinned to the batch axes."""
+    x_NcX = strided_split(x_BX, chunks, f"{chunks} GradCache chunks")
     if mesh is not None:
         x_NcX = lax.with_sharding_constraint(x_NcX, NamedSharding(mesh, P(None, BATCH_AXES)))
     return x_NcX
@@ -261,7 +257,11 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
         if cfg.contrastive.hard_negatives:
             pairs = bm25_hard_negatives(pairs, cfg.contrastive.hard_negatives)
             pairs = [p for p in pairs if len(p["negatives"]) >= cfg.contrastive.hard_negatives]
-        sources[Path(spec).name or spec] = pairs
+        name = Path(spec).name or spec
+        if name in sources:  # batchers, their state and the logs know a source by this name
+            raise ValueError(f"contrastive.sources: two sources are named {name!r} "
+                             f"({cfg.contrastive.sources!r}); give their folders distinct names")
+        sources[name] = pairs
     return sources
 
 
@@ -270,7 +270,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     facts about its data."""
     from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
     from jbert.data.tokenizer import load_tokenizer
-    from jbert.evaluation import BM25Index, retrieval_set, score_metrics
+    from jbert.evaluation import bm25_metrics, retrieval_set, score_metrics
     from jbert.metrics import encoder_flops_per_token
     from jbert.trainer import Task
 
@@ -294,8 +294,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
 
     held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
     queries, corpus, relevant_Q = retrieval_set(held_out, c.eval_max_pairs)
-    bm25 = ({f"bm25_{k}": v for k, v in
-             score_metrics(BM25Index(corpus).scores(queries), relevant_Q).items()}
+    bm25 = ({f"bm25_{k}": v for k, v in bm25_metrics(queries, corpus, relevant_Q).items()}
             if queries else {})
 
     def evaluate(params) -> dict[str, float]:

@@ -231,6 +231,24 @@ def make_data_dir(root: Path, n_train=64, n_test=16) -> Path:
     return root
 
 
+def test_sources_with_the_same_folder_name_are_refused(tmp_path):
+    """Sources are known by folder name (batcher state, logs): two `pairs` folders would have
+    made one silently replace the other."""
+    from jbert.contrastive import load_sources
+
+    for parent in ("a", "b"):
+        (tmp_path / parent / "pairs").mkdir(parents=True)
+        (tmp_path / parent / "pairs" / "train.jsonl").write_text(
+            json.dumps({"query": f"q {parent}", "positive": f"d {parent}"}) + "\n")
+    specs = f"{tmp_path / 'a' / 'pairs'},{tmp_path / 'b' / 'pairs'}"
+    cfg = TrainConfig(contrastive=ContrastiveConfig(sources=specs, hard_negatives=0))
+    with pytest.raises(ValueError, match="two sources are named 'pairs'"):
+        load_sources(cfg, tmp_path)
+    cfg = TrainConfig(contrastive=ContrastiveConfig(sources=str(tmp_path / "a" / "pairs"),
+                                                    hard_negatives=0))
+    assert load_sources(cfg, tmp_path) == {"pairs": [{"query": "q a", "positive": "d a"}]}
+
+
 @pytest.mark.slow
 def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
     from jbert.contrastive import contrastive_task
