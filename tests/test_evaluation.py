@@ -5,7 +5,7 @@ import pytest
 
 from jbert import functional
 from jbert.config import preset
-from jbert.data.tokenizer import train_tokenizer
+from jbert.data.tokenizer import tokenize_texts, train_tokenizer
 from jbert.evaluation import (
     BM25Index,
     bm25_hard_negatives,
@@ -74,3 +74,21 @@ def test_evaluate_embeddings_runs_on_an_encoder():
                               max_doc_length=16, bm25=True)
     assert out["corpus"] == 2 and 0.5 <= out["mrr@10"] <= 1.0
     assert out["bm25_mrr@10"] == pytest.approx(1.0)
+
+    # The figures are those of the encoder's own embeddings, one text per padded row (not the
+    # packed `encode` path evaluate_embeddings takes): MRR from the ranks of q . d.
+    many = [{"query": f"{verb} item {i}", "positive": f"def {verb}_{i}(x): return x + {i}"}
+            for i, verb in enumerate(["add", "read", "sum", "load", "sort", "join", "find"])]
+    out = evaluate_embeddings(config, params, tok, many, max_query_length=16, max_doc_length=16)
+
+    def embed(texts):
+        rows = tokenize_texts(tok, texts, 16)
+        return np.asarray(functional.embed(config, params, rows["input_ids"],
+                                           rows["attention_mask"]))
+
+    scores_QN = embed([p["query"] for p in many]) @ embed([p["positive"] for p in many]).T
+    ranks_Q = 1 + (scores_QN > np.diag(scores_QN)[:, None]).sum(1)
+    assert out["corpus"] == len(many)
+    assert out["mrr@10"] == pytest.approx(np.mean(np.where(ranks_Q <= 10, 1.0 / ranks_Q, 0.0)),
+                                          abs=1e-6)
+    assert out["recall@1"] == pytest.approx(np.mean(ranks_Q == 1), abs=1e-6)
