@@ -245,9 +245,10 @@ class TokenizedPairs:
 
 def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     """Training pairs per source (`contrastive.sources`, default `<data.dir>/pairs`), with hard
-    negatives mined by BM25 where the pairs have fewer than asked for."""
+    negatives mined by BM25 (cached beside the pairs) where the pairs have fewer than asked
+    for."""
     from jbert.data.pair_batches import load_pairs
-    from jbert.evaluation import bm25_hard_negatives
+    from jbert.mining import cached_bm25_negatives
 
     specs = [s.strip() for s in cfg.contrastive.sources.split(",") if s.strip()]
     specs = specs or [str(root / "pairs")]
@@ -255,7 +256,7 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     for spec in specs:
         pairs = load_pairs(spec, "train")
         if cfg.contrastive.hard_negatives:
-            pairs = bm25_hard_negatives(pairs, cfg.contrastive.hard_negatives)
+            pairs = cached_bm25_negatives(pairs, cfg.contrastive.hard_negatives, spec)
             pairs = [p for p in pairs if len(p["negatives"]) >= cfg.contrastive.hard_negatives]
         name = Path(spec).name or spec
         if name in sources:  # batchers, their state and the logs know a source by this name
@@ -268,9 +269,10 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
 def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, dict]:
     """The contrastive Task (plain or GradCache step, retrieval eval with the BM25 line) and
     facts about its data."""
+    from jbert.beir import pairs_to_sets
     from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
     from jbert.data.tokenizer import load_tokenizer
-    from jbert.evaluation import bm25_metrics, retrieval_set, score_metrics
+    from jbert.evaluation import SetEvaluator, logged_metrics
     from jbert.metrics import encoder_flops_per_token
     from jbert.trainer import Task
 
@@ -293,20 +295,15 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         return TokenizedPairs(batcher, tokenizer, c)
 
     held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
-    queries, corpus, relevant_Q = retrieval_set(held_out, c.eval_max_pairs)
-    bm25 = ({f"bm25_{k}": v for k, v in bm25_metrics(queries, corpus, relevant_Q).items()}
-            if queries else {})
+    sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
+    evaluator = SetEvaluator(cfg.model, tokenizer, sets, max_query_length=c.max_query_length,
+                             max_doc_length=c.max_doc_length)  # tokenised and compiled once
+    bm25 = evaluator()  # BM25 alone: the reference line, the same at every eval
 
     def evaluate(params) -> dict[str, float]:
-        from jbert.evaluation import embedding_scores
-
-        if not queries:
+        if not sets:
             return {}
-        scores_QN = embedding_scores(cfg.model, params, tokenizer, queries, corpus,
-                                     max_query_length=c.max_query_length,
-                                     max_doc_length=c.max_doc_length)
-        out = {f"retrieval_{k}": v for k, v in score_metrics(scores_QN, relevant_Q).items()}
-        return {**out, **bm25}  # BM25 logged beside, as the reference line
+        return logged_metrics(evaluator(params, linear=False))
 
     mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
         2 + c.hard_negatives)
@@ -317,5 +314,5 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         grad_fn=cached_grad_fn(cfg.model, c, mesh) if c.chunk_size else None,
         flops_per_token=recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
-             "eval_queries": len(queries), "eval_corpus": len(corpus), **bm25}
+             "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
     return task, facts

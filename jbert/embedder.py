@@ -118,13 +118,14 @@ def padding_fraction(calls: Sequence[Call], lengths: Sequence[int]) -> float:
 class Embedder:
     """`encode(texts)` for a base model's params and its tokenizer."""
 
-    def __init__(self, config: JinaBertConfig, params: functional.Params,
+    def __init__(self, config: JinaBertConfig, params: functional.Params | None,
                  tokenizer: tokenizers.Tokenizer, *, max_length: int = 8192):
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length={max_length} exceeds the model's "
                              f"max_position_embeddings={config.max_position_embeddings}")
         self.config = config
-        self.params = functional.encoder_params(params)
+        # None: weights come later through `set_params`.
+        self.params = None if params is None else functional.encoder_params(params)
         # A private copy without the file's padding or truncation settings: lengths are ours.
         self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.no_padding()
@@ -133,6 +134,10 @@ class Embedder:
         self.last_padding_fraction = 0.0  # of the last `encode`'s calls, for benchmarks and tests
         self._embed = jax.jit(functools.partial(functional.embed, config),
                               static_argnames=("num_segments", "normalize"))
+
+    def set_params(self, params: functional.Params) -> None:
+        """Embed with other weights of the same model (same shapes: nothing recompiles)."""
+        self.params = functional.encoder_params(params)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         return encode_with_specials(self.tokenizer, texts, max_length)
@@ -150,10 +155,19 @@ class Embedder:
             raise ValueError(f"max_length={max_length} must be in [2, {self.max_length}]")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be positive")
-        ids = self.tokenize(texts, max_length)
+        out_ND = self.encode_tokens(self.tokenize(texts, max_length), max_length=max_length,
+                                    batch_size=batch_size, normalize=normalize, pack=pack)
+        return out_ND[0] if single else out_ND
+
+    def encode_tokens(self, ids: Sequence[Sequence[int]], *, max_length: int | None = None,
+                      batch_size: int = 32, normalize: bool = True, pack: bool = True
+                      ) -> np.ndarray:
+        """`encode` of texts already tokenised by `tokenize` (an evaluation that embeds the same
+        texts with changing params tokenises them once)."""
+        max_length = self.max_length if max_length is None else max_length
         lengths = [len(x) for x in ids]
         calls = plan_calls(lengths, max_length, batch_size, pack)
-        out_ND = np.zeros((len(texts), self.config.hidden_size), np.float32)
+        out_ND = np.zeros((len(ids), self.config.hidden_size), np.float32)
         for call in calls:
             ids_BL = np.full((call.num_rows, call.length), self.config.pad_token_id, np.int32)
             segment_ids_BL = np.zeros((call.num_rows, call.length), np.int32)
@@ -170,4 +184,4 @@ class Embedder:
             for r, row in enumerate(call.rows):
                 out_ND[list(row)] = emb_BSD[r, : len(row)]
         self.last_padding_fraction = padding_fraction(calls, lengths)
-        return out_ND[0] if single else out_ND
+        return out_ND

@@ -21,8 +21,8 @@ from jbert.evaluation import RETRIEVAL_METRICS
 CURVE_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("Loss", "loss (nats per prediction)", (("loss", "-"), ("eval_loss", "--"))),
     ("Accuracy", "accuracy (fraction correct)", (("accuracy", "-"), ("eval_accuracy", "--"))),
-    ("Retrieval MRR@10 (held-out pairs)", "MRR@10",
-     (("retrieval_mrr@10", "-"), ("bm25_mrr@10", "--"))),
+    ("Retrieval nDCG@10 (held-out, macro over languages)", "nDCG@10",
+     (("retrieval_ndcg@10", "-"), ("bm25_ndcg@10", "--"), ("rrf_ndcg@10", ":"))),
     ("Embedding similarity (train batches)", "cosine similarity",
      (("pos_sim", "-"), ("neg_sim", "--"), ("hardest_neg_sim", ":"))),
     ("Throughput", "tokens / s", (("tokens_per_s", "-"),)),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jbert.data.corpus import default_sources, load_corpus
 from jbert.data.mlm import MaskConfig, StreamConfig, mlm_iterator
+from jbert.data.pairs import heldout_repos
 from jbert.data.prepare import PrepareConfig, prepare_data
 from jbert.data.tokenizer import load_tokenizer
 from jbert.metrics import encoder_flops_per_token
@@ -56,6 +57,10 @@ def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
             f"{tokenizer.get_vocab_size()} tokens ({root / 'tokenizer'})")
     train_docs = load_corpus(root / "corpus", "train")
+    held_out_repos = heldout_repos(root / "pairs")
+    if held_out_repos:  # the pairs' held-out code stays unseen by MLM too (jbert.data.split)
+        train_docs = train_docs.filter(lambda repos: [r not in held_out_repos for r in repos],
+                                       input_columns=["repo"], batched=True)
     test_docs = load_corpus(root / "corpus", "test")
     stream = StreamConfig(
         seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size // process_count,
@@ -80,7 +85,8 @@ def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
                     decoder_fraction=(cfg.data.max_predictions or cfg.data.seq_len)
                     / cfg.data.seq_len))
     facts = {"data_dir": str(root), "vocab_size": tokenizer.get_vocab_size(),
-             "train_documents": len(train_docs), "test_documents": len(test_docs)}
+             "train_documents": len(train_docs),
+             "excluded_heldout_repos": len(held_out_repos), "test_documents": len(test_docs)}
     if len(test_docs):
         facts["unigram_loss"] = unigram_loss((r["text"] for r in train_docs), eval_data(0, 1),
                                              tokenizer)

@@ -25,7 +25,11 @@ DEBS=(
   php-symfony-console php-twig  # PHP
   texlive-latex-base  # TeX
 )
-NPMS=(lodash @types/node rxjs express typescript)
+# JavaScript with JSDoc, and TypeScript packages that ship their .ts sources: enough packages
+# per language that held-out pairs come from at least 5 of them (docs/data.md).
+NPMS=(lodash @types/node rxjs express typescript
+      async acorn yargs jquery ramda eslint underscore three moment webpack mocha handlebars
+      immer @tanstack/query-core effect @effect/platform zod mobx @reduxjs/toolkit)
 
 for pkg in "${DEBS[@]}"; do
   out="$DEST/deb/$pkg"

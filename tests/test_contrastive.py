@@ -266,14 +266,15 @@ def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
         workdir=str(tmp_path / "run"), steps=4, log_every=2, eval_every=100, progress=False)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     task, facts = contrastive_task(cfg, mesh)
-    assert facts["eval_queries"] == 16 and 0 <= facts["bm25_mrr@10"] <= 1
+    assert sum(v["queries"] for v in facts["eval_sets"].values()) == 16
+    assert 0 <= facts["bm25_ndcg@10"] <= 1
     summary = train(cfg, task)
     assert summary["status"] == "done"
     for key in ("loss", "accuracy", "pos_sim", "neg_sim", "temperature"):
         assert np.isfinite(summary["last"][key])
     assert summary["last"]["temperature"] != pytest.approx(0.1, abs=1e-7)  # it was learned
     for key in ("retrieval_mrr@10", "retrieval_ndcg@10", "retrieval_recall@1",
-                "retrieval_recall@10", "bm25_mrr@10"):
+                "retrieval_recall@10", "retrieval_recall@100", "bm25_mrr@10", "rrf_ndcg@10"):
         assert 0.0 <= summary["final_eval"][key] <= 1.0
 
 

@@ -8,13 +8,13 @@ from jbert.config import preset
 from jbert.data.tokenizer import tokenize_texts, train_tokenizer
 from jbert.evaluation import (
     BM25Index,
-    bm25_hard_negatives,
     code_tokens,
     evaluate_embeddings,
     ranks_of_relevant,
     retrieval_metrics,
     retrieval_set,
 )
+from jbert.mining import bm25_negatives
 
 
 def test_metrics_on_known_ranks():
@@ -56,7 +56,7 @@ def test_bm25_ranks_the_exact_match_first_and_mines_negatives():
     pairs = [{"query": "read file", "positive": corpus[1]},
              {"query": "read the file list", "positive": corpus[2]},
              {"query": "add", "positive": corpus[0]}]
-    mined = bm25_hard_negatives(pairs, 1)
+    mined = bm25_negatives(pairs, 1)
     assert all(len(p["negatives"]) == 1 and p["negatives"][0] != p["positive"] for p in mined)
     assert mined[1]["negatives"] == [corpus[1]]  # "read", "file": the best other document
 

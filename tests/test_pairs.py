@@ -15,6 +15,7 @@ from jbert.data.pair_batches import (
     read_pair_file,
 )
 from jbert.data.pairs import build_pairs, clean_doc, extract_pairs
+from jbert.data.split import SplitConfig
 from jbert.data.tokenizer import train_tokenizer
 
 PY = '''
@@ -166,20 +167,35 @@ def _source_tree(root, n_repos=30):
     return root
 
 
+def _corpus_rows(corpus, split):
+    import pyarrow.parquet as pq
+
+    return [r for f in sorted(corpus.glob(f"{split}-*.parquet"))
+            for r in pq.read_table(f).to_pylist()]
+
+
 def test_build_pairs_dedup_and_repo_split(tmp_path):
     src = _source_tree(tmp_path / "src")
     build_corpus([Source("t", str(src))], tmp_path / "corpus", test_fraction=0.3)
-    stats = build_pairs(tmp_path / "corpus", tmp_path / "pairs")
+    # Targets the corpus's held-out repos already meet: the split stays the corpus's.
+    stats = build_pairs(tmp_path / "corpus", tmp_path / "pairs",
+                        split=SplitConfig(min_test_pairs=1, min_test_repos=1))
     rows = {
         s: [json.loads(x) for x in open(tmp_path / "pairs" / f"{s}.jsonl")] for s in stats["pairs"]
     }
     all_rows = rows["train"] + rows["test"]
     # copy.py repeats mod.py's functions; "fetch" is identical in every repo: kept once overall
     assert sum(p["name"] == "fetch" for p in all_rows) == 1
-    assert sum(p["name"].startswith("documented") for p in all_rows) == 30
+    train_repos = {p["repo"] for p in rows["train"]}
+    assert sum(p["name"].startswith("documented") for p in rows["train"]) == len(train_repos)
+    # Held-out copies of a training docstring are leaks: dropped, counted.
+    assert not {p["query"] for p in rows["test"]} & {p["query"] for p in rows["train"]}
+    assert stats["leaks_dropped"]["same_docstring"] > 0
+    heldout = set(json.loads((tmp_path / "pairs" / "heldout_repos.json").read_text()))
+    assert heldout >= {r["repo"] for r in _corpus_rows(tmp_path / "corpus", "test")}
+    assert not heldout & train_repos
     assert stats["rejected"]["duplicate_code"] > 0
-    for split, split_rows in rows.items():
-        assert all(is_test_repo(p["repo"], 0.3) == (split == "test") for p in split_rows)
+    assert all(not is_test_repo(p["repo"], 0.3) for p in rows["train"])
     assert rows["train"] and rows["test"]
     assert not {p["repo"] for p in rows["train"]} & {p["repo"] for p in rows["test"]}
     assert {p["language"] for p in all_rows} == {"Python", "GO"}

@@ -1,47 +1,71 @@
-"""Code retrieval metrics of an encoder on held-out docstring/code pairs, with BM25 beside it.
+"""Code retrieval figures of an encoder, BM25 and their fusion, on BEIR-layout sets or on our
+held-out docstring/code pairs (one set per language), as JSON.
 
-  python -m train.evaluate --model runs/contrastive-tiny/export --pairs artifacts/data-tiny/pairs
-  python -m train.evaluate --model runs/pretrain-tiny --pairs artifacts/data-tiny/pairs --bm25
+  python -m train.evaluate --model runs/contrastive-small/export --pairs artifacts/data/pairs
+  python -m train.evaluate --model runs/pretrain-small --pairs artifacts/data/pairs  # untuned
+  python -m train.evaluate --model EXPORT --beir path/to/cosqa path/to/other_set
+  python -m train.evaluate --pairs artifacts/data/pairs --write-beir artifacts/beir  # export
 
-`--model` is an HF export dir or a jbert run dir (its latest checkpoint's encoder: the untuned
-MLM backbone). Every held-out query is ranked against every held-out code snippet; prints
-MRR@10, nDCG@10, recall@1/10 as JSON.
+`--model` is an HF export dir or a jbert run dir (its latest checkpoint's encoder); leave it out
+for BM25 alone. A BEIR-layout dir holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv (the
+layout CoIR and CodeSearchNet-style sets ship in). Every query is ranked against the whole
+corpus of its set; per set and macro-averaged over the sets: nDCG@10 (as pytrec_eval computes
+it), MRR@10, recall@1/10/100 for `dense`, `bm25` (identifiers split), `rrf` (reciprocal-rank
+fusion) and `linear` (z-scored scores mixed with a weight chosen by 2-fold cross-validation
+over the queries). See docs/evaluation.md.
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--pairs", required=True, help="pairs dir/file/hub name")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max_pairs", type=int, default=None)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF export dir or jbert run dir (none: BM25 only)")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--pairs", help="pairs dir/file/hub name; one set per language")
+    data.add_argument("--beir", nargs="+", metavar="DIR", help="BEIR-layout dirs")
+    parser.add_argument("--split", default="test", help="pairs split / qrels file (test)")
+    parser.add_argument("--max_queries", type=int, default=None,
+                        help="sample at most N queries per set (seeded; the corpus stays whole)")
     parser.add_argument("--max_query_length", type=int, default=64)
     parser.add_argument("--max_doc_length", type=int, default=256)
-    parser.add_argument("--bm25", action="store_true", help="also score BM25 on the same set")
+    parser.add_argument("--no-bm25", dest="bm25", action="store_false",
+                        help="skip BM25 and the hybrids")
+    parser.add_argument("--write-beir", metavar="DIR",
+                        help="also write the sets in BEIR layout under DIR/<set name>")
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.model is None and not args.bm25 and not args.write_beir:
+        parser.error("nothing to evaluate: give --model, or drop --no-bm25")
 
+    from jbert.beir import load_beir, pairs_to_sets, sample_queries, write_beir
     from jbert.data.pair_batches import load_pairs
-    from jbert.evaluation import evaluate_embeddings, load_encoder
+    from jbert.evaluation import evaluate_retrieval
     from jbert.train_config import usage_errors
 
     with usage_errors():
-        config, params, tokenizer = load_encoder(args.model)
-        pairs = load_pairs(args.pairs, args.split)
-    result = evaluate_embeddings(
-        config, params, tokenizer, pairs,
-        max_pairs=args.max_pairs, max_query_length=args.max_query_length,
-        max_doc_length=args.max_doc_length, bm25=args.bm25)
-    result = {"model": args.model, "pairs": args.pairs, "split": args.split, **result}
+        if args.pairs:
+            sets = pairs_to_sets(load_pairs(args.pairs, args.split), args.max_queries)
+        else:
+            sets = [load_beir(d, args.split) for d in args.beir]
+            if args.max_queries:
+                sets = [sample_queries(rs, args.max_queries) for rs in sets]
+        if args.model is not None and not Path(args.model).exists():
+            raise FileNotFoundError(f"--model {args.model}: no such directory")
+    if args.write_beir:
+        for rs in sets:
+            write_beir(rs, Path(args.write_beir) / rs.name, args.split)
+    result = {"model": args.model, "data": args.pairs or args.beir, "split": args.split}
+    if args.model is not None or args.bm25:
+        result.update(evaluate_retrieval(args.model, sets, bm25=args.bm25,
+                                         max_query_length=args.max_query_length,
+                                         max_doc_length=args.max_doc_length))
     print(json.dumps(result, indent=1))
     if args.out:
-        from pathlib import Path
-
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
     return result

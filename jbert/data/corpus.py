@@ -99,15 +99,17 @@ def default_sources() -> list[Source]:
 
 
 # Packages whose tree is big and modular enough to split into one repo per module, so held-out
-# code of that language exists: (package dir, path below it whose entries are the repos).
+# code of that language exists: package dir -> (path below it, how many path components below
+# that name a repo). Rust's library holds few crates, so a repo is a crate's top-level module
+# (`core/src/iter`).
 _FINE_REPOS = {
-    "golang-1.19-src": "usr/share/go-1.19/src",
-    "openjdk-17-source": "usr/lib/jvm/openjdk-17/lib/src",
-    "rust-src": "usr/src/rustc-1.63.0/library",
-    "perl-modules-5.36": "usr/share/perl/5.36.0",
-    "libruby3.1": "usr/lib/ruby/3.1.0",
-    "cmake-data": "usr/share/cmake-3.25/Modules",
-    "texlive-latex-base": "usr/share/texlive/texmf-dist/tex/latex",
+    "golang-1.19-src": ("usr/share/go-1.19/src", 1),
+    "openjdk-17-source": ("usr/lib/jvm/openjdk-17/lib/src", 1),
+    "rust-src": ("usr/src/rustc-1.63.0/library", 3),
+    "perl-modules-5.36": ("usr/share/perl/5.36.0", 1),
+    "libruby3.1": ("usr/lib/ruby/3.1.0", 1),
+    "cmake-data": ("usr/share/cmake-3.25/Modules", 1),
+    "texlive-latex-base": ("usr/share/texlive/texmf-dist/tex/latex", 1),
 }
 
 
@@ -119,9 +121,9 @@ def fetched_sources(root: str | os.PathLike = "data/sources") -> list[Source]:
         if not base.is_dir():
             continue
         for pkg in sorted(p.name for p in base.iterdir() if p.is_dir() and p.suffix != ".tmp"):
-            sub = _FINE_REPOS.get(pkg)
+            sub, depth = _FINE_REPOS.get(pkg, (None, 0))
             if sub and (base / pkg / sub).is_dir():
-                sources.append(Source(f"{kind}:{pkg}", str(base / pkg / sub), 1))
+                sources.append(Source(f"{kind}:{pkg}", str(base / pkg / sub), depth))
             else:
                 sources.append(Source(f"{kind}:{pkg}", str(base / pkg), 0))
     return sources

@@ -8,7 +8,6 @@ within a global batch; each process then takes its contiguous slice of that batc
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -18,22 +17,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from jbert.data.jsonl import iter_jsonl
 from jbert.data.tokenizer import tokenize_texts
 
 
 def read_pair_file(path: str | os.PathLike) -> list[dict]:
     """Reads a jsonl file of `{"query", "positive", "negatives"?}`; bad lines name file and line."""
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from e
-            pairs.append(_check_pair(row, f"{path}:{n}"))
-    return pairs
+    return [_check_pair(row, where) for where, row in iter_jsonl(path)]
 
 
 def _check_pair(row: dict, where: str) -> dict:

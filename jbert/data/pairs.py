@@ -9,7 +9,6 @@ test queries come from repos neither the MLM stage nor the pair train split has 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import multiprocessing
 import os
@@ -22,7 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jbert.atomic import atomic_dir
+from jbert.data.split import SplitConfig, code_hash, split_pairs
 
+HELDOUT_REPOS = "heldout_repos.json"
 MIN_DOC_WORDS = 3
 MIN_CODE_LINES = 3
 MAX_CODE_LINES = 300
@@ -229,11 +230,6 @@ def extract_pairs(text: str, language: str, reasons: Counter | None = None) -> l
     return out
 
 
-def code_hash(code: str) -> str:
-    """Hash of the code with whitespace normalised (re-indented copies count as duplicates)."""
-    return hashlib.sha256(" ".join(code.split()).encode()).hexdigest()
-
-
 def _extract_record(record: dict) -> tuple[list[dict], Counter]:
     reasons: Counter = Counter()
     pairs = extract_pairs(record["text"], record["language"], reasons)
@@ -252,49 +248,64 @@ def _corpus_records(corpus_dir: Path, split: str) -> Iterator[dict]:
 
 
 def build_pairs(
-    corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1
+    corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
+    split: SplitConfig | None = None,
 ) -> dict:
-    """Extracts pairs from a corpus built by `build_corpus`, writes `train.jsonl` / `test.jsonl`
-    (corpus split kept: repo-disjoint) and `stats.json`; returns the stats.
+    """Extracts pairs from a corpus built by `build_corpus`, writes `train.jsonl` / `test.jsonl`,
+    `heldout_repos.json` and `stats.json`; returns the stats.
 
-    Code seen earlier (train first) is dropped as a duplicate, so no test positive is in train.
+    Held-out pairs come from the corpus's test repos plus, per language, the repos `split_pairs`
+    adds (`jbert.data.split`); code seen earlier is dropped as a duplicate, and held-out pairs
+    that leak from training (same code, same docstring, near-duplicate code) are removed.
     """
-    with atomic_dir(out_dir, lambda name: name in ("train.jsonl", "test.jsonl", "stats.json")
-                    ) as out:  # an interrupted build leaves the old pairs
-        return _write_pairs(Path(corpus_dir), out, workers)
+    outputs = ("train.jsonl", "test.jsonl", "stats.json", HELDOUT_REPOS)
+    with atomic_dir(out_dir, lambda name: name in outputs) as out:  # an interrupted build
+        return _write_pairs(Path(corpus_dir), out, workers, split or SplitConfig())  # keeps the old
 
 
-def _write_pairs(corpus: Path, out: Path, workers: int) -> dict:
+def _write_pairs(corpus: Path, out: Path, workers: int, split: SplitConfig) -> dict:
     seen: set[str] = set()
-    stats: dict = {"pairs": {}, "rejected": Counter(), "repos": {}}
+    pairs, corpus_test_repos = [], set()
+    rejected: Counter = Counter()
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        for split in ("train", "test"):
-            counts, repos = Counter(), set()
-            records = _corpus_records(corpus, split)
+        for corpus_split in ("train", "test"):
+            records = _corpus_records(corpus, corpus_split)
             results = (
                 pool.imap(_extract_record, records, 32) if pool else map(_extract_record, records)
             )
-            with open(out / f"{split}.jsonl", "w") as f:
-                for pairs, reasons in results:
-                    stats["rejected"].update(reasons)
-                    for p in pairs:
-                        h = code_hash(p["positive"])
-                        if h in seen:
-                            stats["rejected"]["duplicate_code"] += 1
-                            continue
-                        seen.add(h)
-                        counts[p["language"]] += 1
-                        repos.add(p["repo"])
-                        f.write(json.dumps(p, ensure_ascii=False) + "\n")
-            stats["pairs"][split] = dict(counts)
-            stats["repos"][split] = len(repos)
+            for found, reasons in results:
+                rejected.update(reasons)
+                for p in found:
+                    h = code_hash(p["positive"])
+                    if h in seen:
+                        rejected["duplicate_code"] += 1
+                        continue
+                    seen.add(h)
+                    pairs.append(p)
+                    if corpus_split == "test":
+                        corpus_test_repos.add(p["repo"])
     finally:
         if pool:
             pool.close()
-    stats["rejected"] = dict(stats["rejected"])
+    train, test, report = split_pairs(pairs, corpus_test_repos, split)
+    for name, rows in (("train", train), ("test", test)):
+        with open(out / f"{name}.jsonl", "w") as f:
+            for p in rows:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    (out / HELDOUT_REPOS).write_text(json.dumps(
+        sorted({p["repo"] for p in pairs} - {p["repo"] for p in train}), indent=0))
+    stats = {**report, "rejected": dict(rejected),
+             "repos": {"train": len({p["repo"] for p in train}),
+                       "test": len({p["repo"] for p in test})}}
     (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True))
     return stats
+
+
+def heldout_repos(pairs_dir: str | os.PathLike) -> set[str]:
+    """The repos whose pairs are held out (empty for pairs built before the stratified split)."""
+    path = Path(pairs_dir) / HELDOUT_REPOS
+    return set(json.loads(path.read_text())) if path.is_file() else set()
 
 
 def iter_pair_records(records: Iterable[dict]) -> Iterator[dict]:

@@ -1,0 +1,137 @@
+"""Retrieval sets in the BEIR layout, the one CoIR and CodeSearchNet-style sets ship in:
+
+    corpus.jsonl      {"_id", "title"?, "text"} per document
+    queries.jsonl     {"_id", "text"} per query
+    qrels/<split>.tsv "query-id<TAB>corpus-id<TAB>score" with a header line
+
+A query may have several relevant documents (score > 0). Our held-out docstring/code pairs
+become one set per language (`pairs_to_sets`), so one evaluator serves both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jbert.data.jsonl import iter_jsonl
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalSet:
+    """Queries against a corpus with graded relevance: `qrels[query_id][doc_id] = score`."""
+
+    name: str
+    doc_ids: list[str]
+    docs: list[str]
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]
+
+    def __post_init__(self):
+        if len(self.doc_ids) != len(self.docs) or len(self.query_ids) != len(self.queries):
+            raise ValueError(f"{self.name}: ids and texts differ in number")
+
+
+def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict]:
+    rows = []
+    for where, row in iter_jsonl(path):
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        rows.append(row)
+    return rows
+
+
+def load_beir(path: str | os.PathLike, split: str = "test", name: str | None = None
+              ) -> RetrievalSet:
+    """A BEIR-layout directory; queries without a relevant document in `qrels/<split>.tsv` are
+    left out, as BEIR's evaluation does."""
+    root = Path(path)
+    for f in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (root / f).is_file():
+            raise FileNotFoundError(f"{root}: no {f} (a BEIR-layout directory needs "
+                                    f"corpus.jsonl, queries.jsonl and qrels/{split}.tsv)")
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    with open(qrels_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            cols = line.rstrip("\n").split("\t")
+            if n == 1 and len(cols) == 3 and not cols[2].lstrip("-").isdigit():
+                continue  # the header
+            if len(cols) != 3 or not cols[2].lstrip("-").isdigit():
+                raise ValueError(f"{qrels_path}:{n}: expected query-id, corpus-id, integer score")
+            if int(cols[2]) > 0:
+                qrels[cols[0]][cols[1]] = int(cols[2])
+    corpus = _read_jsonl(root / "corpus.jsonl", ("_id", "text"))
+    doc_ids = [str(r["_id"]) for r in corpus]
+    # BEIR embeds "title text" when a title is given.
+    docs = [(r.get("title") or "").strip() + " " + r["text"] if r.get("title") else r["text"]
+            for r in corpus]
+    known = set(doc_ids)
+    unknown = sorted({d for rel in qrels.values() for d in rel} - known)
+    if unknown:
+        raise ValueError(f"{qrels_path}: {len(unknown)} corpus-id(s) not in corpus.jsonl, "
+                         f"e.g. {unknown[0]!r}")
+    queries = [r for r in _read_jsonl(root / "queries.jsonl", ("_id", "text"))
+               if str(r["_id"]) in qrels]
+    return RetrievalSet(name or root.name, doc_ids, docs, [str(r["_id"]) for r in queries],
+                        [r["text"] for r in queries], dict(qrels))
+
+
+def write_beir(rs: RetrievalSet, path: str | os.PathLike, split: str = "test") -> Path:
+    """Writes `rs` in the BEIR layout under `path` (created); returns it."""
+    root = Path(path)
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for i, text in zip(rs.doc_ids, rs.docs, strict=True):
+            f.write(json.dumps({"_id": i, "title": "", "text": text}, ensure_ascii=False) + "\n")
+    with open(root / "queries.jsonl", "w", encoding="utf-8") as f:
+        for i, text in zip(rs.query_ids, rs.queries, strict=True):
+            f.write(json.dumps({"_id": i, "text": text}, ensure_ascii=False) + "\n")
+    with open(root / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in rs.query_ids:
+            for d, score in rs.qrels[q].items():
+                f.write(f"{q}\t{d}\t{score}\n")
+    return root
+
+
+def pairs_to_sets(pairs: Sequence[dict], max_queries: int | None = None, seed: int = 0
+                  ) -> list[RetrievalSet]:
+    """One set per language (`pair["language"]`, else "all"): the corpus is every distinct
+    positive of that language; a query is a distinct docstring, relevant to every positive it
+    describes. `max_queries`: see `sample_queries`."""
+    by_language: dict[str, list[dict]] = defaultdict(list)
+    for p in pairs:
+        by_language[p.get("language") or "all"].append(p)
+    sets = []
+    for lang in sorted(by_language):
+        doc_index: dict[str, str] = {}
+        query_index: dict[str, str] = {}
+        qrels: dict[str, dict[str, int]] = defaultdict(dict)
+        for p in by_language[lang]:
+            d = doc_index.setdefault(p["positive"], f"d{len(doc_index)}")
+            q = query_index.setdefault(p["query"], f"q{len(query_index)}")
+            qrels[q][d] = 1
+        rs = RetrievalSet(lang.lower(), list(doc_index.values()), list(doc_index),
+                          list(query_index.values()), list(query_index), dict(qrels))
+        sets.append(sample_queries(rs, max_queries, seed))
+    return sets
+
+
+def sample_queries(rs: RetrievalSet, max_queries: int | None, seed: int = 0) -> RetrievalSet:
+    """`rs` with at most `max_queries` of its queries (seeded draw, order kept) and its whole
+    corpus, so sampling changes the spread of the estimate, not the task."""
+    if max_queries is None or len(rs.queries) <= max_queries:
+        return rs
+    keep = np.sort(np.random.default_rng(seed).choice(len(rs.queries), max_queries,
+                                                     replace=False))
+    query_ids = [rs.query_ids[i] for i in keep]
+    return dataclasses.replace(rs, query_ids=query_ids, queries=[rs.queries[i] for i in keep],
+                               qrels={q: rs.qrels[q] for q in query_ids})

@@ -1,0 +1,93 @@
+"""Hard negatives for the contrastive stage, written into a copy of the pairs.
+
+  python -m train.mine_negatives --model runs/contrastive-small/export \\
+      --pairs artifacts/data/pairs --out artifacts/data/pairs-mined
+  python -m train.mine_negatives --bm25 --pairs artifacts/data/pairs --out artifacts/data/pairs-bm25
+
+Dense mining (`--model`, an HF export dir or a jbert run dir) embeds every training pair's query
+and positive, ranks all positives for each query, and draws `--negatives` of the documents ranked
+in `--rank-window` (default ranks 10-100: the first ranks hold most false negatives), dropping
+those scoring above `--margin` times the positive and those equal to the positive. `--bm25` takes
+the best BM25 matches instead (no model needed). The output directory gets `train.jsonl` with a
+`negatives` list per pair, the held-out `test.jsonl` and `heldout_repos.json` unchanged, and
+`mining.json` saying how it was made; use it with
+`--config.contrastive.sources=OUT --config.contrastive.hard_negatives=N`.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True, help="pairs dir with train.jsonl (and test.jsonl)")
+    p.add_argument("--out", required=True, help="output pairs dir (must not exist)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="HF export dir or jbert run dir that embeds")
+    who.add_argument("--bm25", action="store_true", help="mine with BM25 instead of a model")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per pair (default 7)")
+    p.add_argument("--rank-window", type=int, nargs=2, default=(10, 100), metavar=("FROM", "TO"),
+                   help="ranks to draw dense negatives from (default 10 100)")
+    p.add_argument("--margin", type=float, default=0.95,
+                   help="drop candidates scoring above margin x the positive (default 0.95)")
+    p.add_argument("--max-query-length", type=int, default=32)
+    p.add_argument("--max-doc-length", type=int, default=128)
+    p.add_argument("--max-pairs", type=int, default=None, help="mine only the first N pairs")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from jbert.data.pair_batches import load_pairs
+    from jbert.mining import MiningConfig, bm25_negatives, dense_negatives
+    from jbert.train_config import ConfigError, usage_errors
+
+    src, out = Path(args.pairs), Path(args.out)
+    with usage_errors():
+        if out.exists():
+            raise FileExistsError(f"--out {out}: exists; mining never overwrites pairs")
+        if not (src / "train.jsonl").is_file():
+            raise FileNotFoundError(f"--pairs {src}: no train.jsonl there")
+        try:
+            cfg = MiningConfig(negatives=args.negatives, rank_window=tuple(args.rank_window),
+                               margin=args.margin, max_query_length=args.max_query_length,
+                               max_doc_length=args.max_doc_length, seed=args.seed)
+        except ValueError as e:
+            raise ConfigError(f"--rank-window/--negatives: {e}") from e
+        pairs = load_pairs(src, "train")[:args.max_pairs]
+        if args.model:
+            from jbert.embedder import Embedder
+            from jbert.evaluation import load_encoder
+
+            config, params, tokenizer = load_encoder(args.model)
+    started = time.perf_counter()
+    if args.model:
+        embedder = Embedder(config, params, tokenizer,
+                            max_length=max(cfg.max_query_length, cfg.max_doc_length))
+        mined, stats = dense_negatives(embedder, pairs, cfg)
+    else:
+        mined, stats = bm25_negatives(pairs, cfg.negatives), {"pairs": len(pairs)}
+    report = {"method": "dense" if args.model else "bm25", "model": args.model,
+              "pairs": str(src), **{k: v for k, v in vars(args).items()
+                                    if k not in ("model", "pairs", "out", "bm25")},
+              **stats, "seconds": round(time.perf_counter() - started, 1)}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
+        for pair in mined:
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    for name in ("test.jsonl", "heldout_repos.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    (tmp / "mining.json").write_text(json.dumps(report, indent=1))
+    tmp.rename(out)  # all or nothing
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
