@@ -5,12 +5,14 @@ Run:   python -m train.pretrain --config configs/pretrain_small.py
        python -m train.contrastive --config configs/contrastive_small.py
        then, hard negatives mined with that model and a short second pass from it:
        python -m train.mine_negatives --model runs/contrastive-small/export \\
-           --pairs artifacts/data/pairs --out artifacts/data/pairs-mined
+           --pairs artifacts/data/pairs --out artifacts/data/pairs-mined \
+           --max-pairs 30000 --negatives 3
        python -m train.contrastive --config configs/contrastive_small.py:hardneg
 Where: any CPU; measured on 2 shared cores.
 What:  InfoNCE over batches of 128 pairs (every query against every positive of the batch),
        symmetric code -> query term, temperature learned from 0.05; 32-token queries,
-       128-token code. `:hardneg` adds 3 dense-mined negatives per pair.
+       128-token code. `:hardneg` continues from it at batch 64 with 3 dense-mined negatives
+       per pair (30,000 pairs mined).
 Time:  see docs/results.md.
 Reach: macro nDCG@10 over the six held-out languages against BM25 on the same sets
        (docs/results.md).
@@ -34,16 +36,17 @@ def get_config(arg: str | None = None) -> TrainConfig:
         contrastive=ContrastiveConfig(temperature=0.05, learn_temperature=True, symmetric=True,
                                       max_query_length=32, max_doc_length=128,
                                       eval_max_pairs=500),
-        checkpoint=CheckpointConfig(every_steps=250, keep=2),
+        checkpoint=CheckpointConfig(every_steps=200, keep=2),
         init_from=backbone.workdir,
         workdir="runs/contrastive-small",
-        steps=3000, log_every=25, eval_every=500,
+        steps=1200, log_every=20, eval_every=300,
     )
     if arg == "hardneg":
         config = dataclasses.replace(
             config, init_from=config.workdir, workdir="runs/contrastive-small-hardneg",
-            steps=600, eval_every=200,
-            optim=dataclasses.replace(config.optim, learning_rate=3e-4, warmup_steps=30),
+            steps=300, eval_every=100,
+            data=dataclasses.replace(config.data, batch_size=64),
+            optim=dataclasses.replace(config.optim, learning_rate=2e-4, warmup_steps=30),
             contrastive=dataclasses.replace(
                 config.contrastive, hard_negatives=3, sources=backbone.data.dir + "/pairs-mined"))
     elif arg == "smoke":

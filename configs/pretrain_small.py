@@ -3,7 +3,7 @@
 Run:   bash scripts/build_data.sh        # artifacts/data: 26 languages, tokenizer, pairs
        python -m train.pretrain --config configs/pretrain_small.py
 Where: any CPU; measured on 2 shared cores.
-What:  the code layout (QK-norm, GLU) at 4 layers x 256 wide, 61,056-token BPE vocabulary,
+What:  the code layout (QK-norm, GLU) at 2 layers x 256 wide, 61,056-token BPE vocabulary,
        whole-word masking at 30% over packed 128-token rows of the train split (the held-out
        pairs' repos are left out, `jbert.data.split`).
 Time:  see docs/results.md (the chain's first stage).
@@ -24,19 +24,19 @@ VOCAB = 61056  # what scripts/build_data.sh trains
 def small_model():
     """The small code model both stages share."""
     return preset("tiny-code", vocab_size=VOCAB, hidden_size=256, num_attention_heads=4,
-                  intermediate_size=512, num_hidden_layers=4, hidden_dropout_prob=0.0)
+                  intermediate_size=512, num_hidden_layers=2, hidden_dropout_prob=0.0)
 
 
 def get_config(arg: str | None = None) -> TrainConfig:
     config = TrainConfig(
         model=small_model(),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=100, decay="linear",
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=60, decay="linear",
                           weight_decay=0.01, clip_norm=1.0),
         data=DataConfig(dir="artifacts/data", seq_len=128, batch_size=64, docs_per_chunk=256,
-                        mask_rate=0.3, whole_word=True, max_predictions=48),
-        checkpoint=CheckpointConfig(every_steps=250, keep=2),
+                        mask_rate=0.3, whole_word=True, max_predictions=20),
+        checkpoint=CheckpointConfig(every_steps=200, keep=2),
         workdir="runs/pretrain-small",
-        steps=3000, log_every=25, eval_every=500, eval_batches=8,
+        steps=600, log_every=20, eval_every=200, eval_batches=8,
     )
     if arg == "smoke":
         config = dataclasses.replace(config, steps=20, log_every=5, eval_every=10)

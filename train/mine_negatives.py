@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="drop candidates scoring above margin x the positive (default 0.95)")
     p.add_argument("--max-query-length", type=int, default=32)
     p.add_argument("--max-doc-length", type=int, default=128)
-    p.add_argument("--max-pairs", type=int, default=None, help="mine only the first N pairs")
+    p.add_argument("--max-pairs", type=int, default=None,
+                   help="mine a seeded sample of N pairs (all languages), written alone")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -57,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
                                max_doc_length=args.max_doc_length, seed=args.seed)
         except ValueError as e:
             raise ConfigError(f"--rank-window/--negatives: {e}") from e
-        pairs = load_pairs(src, "train")[:args.max_pairs]
+        pairs = load_pairs(src, "train")
+        if args.max_pairs is not None and args.max_pairs < len(pairs):
+            keep = np.sort(np.random.default_rng(args.seed).choice(len(pairs), args.max_pairs,
+                                                                  replace=False))
+            pairs = [pairs[i] for i in keep]
         if args.model:
             from jbert.embedder import Embedder
             from jbert.evaluation import load_encoder
