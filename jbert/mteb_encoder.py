@@ -74,10 +74,13 @@ def _encoder_class() -> type:
 
 def model_meta(name: str, embedder: Embedder, *, revision: str = "local",
                use_instructions: bool = False) -> Any:
-    """mteb's `ModelMeta` of a jbert encoder: where results go (`results/<name>/<revision>/`)
-    and what the result files say about the model."""
+    """mteb's `ModelMeta` of a jbert encoder: where results go (`results/<org>__<model>/
+    <revision>/`) and what the result files say about the model. `name` is "org/model"."""
     import jax
     from mteb.models.model_meta import ModelMeta
+
+    if name.count("/") != 1 or not all(name.split("/")):
+        raise ValueError(f"model name {name!r} must look like 'org/model'")
 
     config = embedder.config
     n_parameters = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(embedder.params)))
@@ -113,14 +116,16 @@ def mteb_encoder(path: str | Path, *, name: str | None = None,
                  prompts: Mapping[str, str] | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
     """An mteb encoder for the model at `path` (HF export dir or jbert run dir); named
-    "jbert/<dir name>" unless `name` ("org/model") is given."""
+    "jbert/<dir name>" (a run's `export` dir: "jbert/<run>-export") unless `name` is given."""
     from jbert.evaluation import load_encoder
 
     config, params, tokenizer = load_encoder(path)
     embedder = Embedder(config, params, tokenizer,
                         max_length=max(max_query_length, max_doc_length))
+    path = Path(path).resolve()
+    default = f"{path.parent.name}-{path.name}" if path.name == "export" else path.name
     return encoder_from_embedder(
-        embedder, name=name or f"jbert/{Path(path).resolve().name}",
+        embedder, name=name or f"jbert/{default}",
         max_query_length=max_query_length, max_doc_length=max_doc_length, prompts=prompts,
         batch_size=batch_size)
 

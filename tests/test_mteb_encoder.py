@@ -73,7 +73,9 @@ def tiny_export(tmp_path_factory) -> Path:
     config = preset("tiny", vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
                     num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
     params = functional.init_params(config, jax.random.key(0), "base")
-    return save_pretrained(tmp_path_factory.mktemp("model") / "tiny", config, params, tokenizer)
+    # Laid out as a contrastive run's export, which names the results after the run.
+    return save_pretrained(tmp_path_factory.mktemp("runs") / "tiny" / "export", config, params,
+                           tokenizer)
 
 
 @pytest.mark.slow
@@ -83,7 +85,8 @@ def test_mteb_ndcg_matches_an_independent_computation(tiny_export, tmp_path, cap
     report = main(["--model", str(tiny_export), "--beir", str(beir), "--out", str(out),
                    "--max_query_length", "8", "--max_doc_length", "64",
                    "--query_prompt", "find: "])
-    result = json.loads((out / "results" / "jbert__tiny" / "local" / "toy-code.json").read_text())
+    result_dir = out / "results" / "jbert__tiny-export" / "local"
+    result = json.loads((result_dir / "toy-code.json").read_text())
     mteb_ndcg = result["scores"]["test"][0]["ndcg_at_10"]
     assert report["scores"]["toy-code"]["ndcg@10"] == pytest.approx(mteb_ndcg, abs=1e-6)
     assert "toy-code" in capsys.readouterr().out
@@ -148,6 +151,7 @@ def test_encode_applies_each_sides_prompt_and_length(tiny_export, tmp_path):
     (["--benchmark", "CoIRx"], "CoIR"),
     (["--beir", "no/such/dir"], "corpus.jsonl"),
     (["--tasks", "CosQA", "--max_query_length", "100000"], "max_position_embeddings"),
+    (["--tasks", "CosQA", "--name", "tiny"], "org/model"),
 ])
 def test_cli_errors_are_one_line(tiny_export, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -8,8 +8,8 @@
 `--model` is an HF export dir or a jbert run dir (its latest checkpoint's encoder). mteb
 downloads the task data from the Hugging Face hub (`pip install -e '.[mteb]'`, network needed;
 `--beir` reads a local BEIR directory: corpus.jsonl, queries.jsonl, qrels/test.tsv). mteb's
-result JSON goes to OUT/results/<name>/local/<Task>.json; nDCG@10 per task is printed and
-kept with the settings in OUT/jbert_mteb.json. See docs/evaluation.md.
+result JSON goes to OUT/results/jbert__<model dir name>/local/<Task>.json; nDCG@10 per task
+is printed and kept with the settings in OUT/jbert_mteb.json. See docs/evaluation.md.
 """
 
 import argparse
