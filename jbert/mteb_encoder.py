@@ -133,10 +133,9 @@ def mteb_encoder(path: str | Path, *, name: str | None = None,
 # -- local BEIR-layout tasks -----------------------------------------------------------------
 
 
-def read_beir(path: str | Path, split: str = "test"
-              ) -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
-    """(corpus rows {id, title, text}, query rows {id, text}, qrels {query: {doc: score}}) of a
-    BEIR-layout directory. Ids are strings, as BEIR and pytrec_eval take them."""
+def beir_files(path: str | Path, split: str = "test") -> dict[str, Path]:
+    """The corpus, queries and qrels files of a BEIR directory; FileNotFoundError naming the
+    first one missing, ValueError for a qrels file without its header line."""
     path = Path(path)
     files = {"corpus": path / "corpus.jsonl", "queries": path / "queries.jsonl",
              "qrels": path / "qrels" / f"{split}.tsv"}
@@ -144,14 +143,24 @@ def read_beir(path: str | Path, split: str = "test"
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: a BEIR directory holds corpus.jsonl, "
                                     f"queries.jsonl and qrels/{split}.tsv")
+    with files["qrels"].open(encoding="utf-8") as f:
+        if not f.readline().startswith("query-id\t"):
+            raise ValueError(f"{files['qrels']}: expected a 'query-id\\tcorpus-id\\tscore' "
+                             "header line")
+    return files
+
+
+def read_beir(path: str | Path, split: str = "test"
+              ) -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
+    """(corpus rows {id, title, text}, query rows {id, text}, qrels {query: {doc: score}}) of a
+    BEIR-layout directory. Ids are strings, as BEIR and pytrec_eval take them."""
+    files = beir_files(path, split)
     corpus = [{"id": str(r["_id"]), "title": r.get("title") or "", "text": r["text"]}
               for r in _jsonl(files["corpus"])]
     queries = [{"id": str(r["_id"]), "text": r["text"]} for r in _jsonl(files["queries"])]
     qrels: dict[str, dict[str, int]] = {}
     with files["qrels"].open(encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:1] != ["query-id"]:
-            raise ValueError(f"{files['qrels']}: expected a 'query-id\\tcorpus-id\\tscore' header")
+        f.readline()  # the header
         for line in f:
             if line.strip():
                 q, d, score = line.rstrip("\n").split("\t")[:3]
@@ -199,7 +208,8 @@ def beir_task(path: str | Path, *, name: str | None = None, split: str = "test")
     from mteb.abstasks.task_metadata import TaskMetadata
 
     path = Path(path)
-    read_beir(path, split)  # fail now, with the missing file's name, not inside mteb
+    beir_files(path, split)  # fail now, naming the missing file, not later inside mteb
+    # mteb wants a language; a BEIR directory does not say, and the scores do not depend on it.
     metadata = TaskMetadata(
         name=name or path.resolve().name, description=f"Local BEIR-layout directory {path}.",
         dataset={"path": str(path), "revision": "local"}, type="Retrieval", category="t2t",
