@@ -16,13 +16,13 @@ subclassed here, so their definitions sit inside functions.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jbert.beir import load_beir
 from jbert.embedder import Embedder
 
 DEFAULT_MAX_QUERY_LENGTH = 512
@@ -133,46 +133,6 @@ def mteb_encoder(path: str | Path, *, name: str | None = None,
 # -- local BEIR-layout tasks -----------------------------------------------------------------
 
 
-def beir_files(path: str | Path, split: str = "test") -> dict[str, Path]:
-    """The corpus, queries and qrels files of a BEIR directory; FileNotFoundError naming the
-    first one missing, ValueError for a qrels file without its header line."""
-    path = Path(path)
-    files = {"corpus": path / "corpus.jsonl", "queries": path / "queries.jsonl",
-             "qrels": path / "qrels" / f"{split}.tsv"}
-    for f in files.values():
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} not found: a BEIR directory holds corpus.jsonl, "
-                                    f"queries.jsonl and qrels/{split}.tsv")
-    with files["qrels"].open(encoding="utf-8") as f:
-        if not f.readline().startswith("query-id\t"):
-            raise ValueError(f"{files['qrels']}: expected a 'query-id\\tcorpus-id\\tscore' "
-                             "header line")
-    return files
-
-
-def read_beir(path: str | Path, split: str = "test"
-              ) -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
-    """(corpus rows {id, title, text}, query rows {id, text}, qrels {query: {doc: score}}) of a
-    BEIR-layout directory. Ids are strings, as BEIR and pytrec_eval take them."""
-    files = beir_files(path, split)
-    corpus = [{"id": str(r["_id"]), "title": r.get("title") or "", "text": r["text"]}
-              for r in _jsonl(files["corpus"])]
-    queries = [{"id": str(r["_id"]), "text": r["text"]} for r in _jsonl(files["queries"])]
-    qrels: dict[str, dict[str, int]] = {}
-    with files["qrels"].open(encoding="utf-8") as f:
-        f.readline()  # the header
-        for line in f:
-            if line.strip():
-                q, d, score = line.rstrip("\n").split("\t")[:3]
-                qrels.setdefault(q, {})[d] = int(score)
-    return corpus, queries, qrels
-
-
-def _jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @functools.cache
 def _beir_task_class() -> type:
     _require_mteb()
@@ -191,11 +151,14 @@ def _beir_task_class() -> type:
                 return
             self.dataset = {"default": {}}
             for split in self.metadata.eval_splits:
-                corpus, queries, qrels = read_beir(self.path, split)
-                queries = [q for q in queries if q["id"] in qrels]  # as mteb's hub loader
+                rs = load_beir(self.path, split)  # titles joined to the text, as BEIR does
+                corpus = [{"id": i, "title": "", "text": t}
+                          for i, t in zip(rs.doc_ids, rs.docs, strict=True)]
+                queries = [{"id": i, "text": t}
+                           for i, t in zip(rs.query_ids, rs.queries, strict=True)]
                 self.dataset["default"][split] = RetrievalSplitData(
                     corpus=Dataset.from_list(corpus), queries=Dataset.from_list(queries),
-                    relevant_docs=qrels, top_ranked=None)
+                    relevant_docs=rs.qrels, top_ranked=None)
             self.data_loaded = True
 
     return LocalBeirRetrieval
@@ -208,7 +171,7 @@ def beir_task(path: str | Path, *, name: str | None = None, split: str = "test")
     from mteb.abstasks.task_metadata import TaskMetadata
 
     path = Path(path)
-    beir_files(path, split)  # fail now, naming the missing file, not later inside mteb
+    load_beir(path, split)  # fail now, naming the bad file, not later inside mteb
     # mteb wants a language; a BEIR directory does not say, and the scores do not depend on it.
     metadata = TaskMetadata(
         name=name or path.resolve().name, description=f"Local BEIR-layout directory {path}.",
