@@ -12,20 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from jbert.evaluation import (
-    BM25Index,
-    embedding_scores,
-    ranks_of_relevant,
-    retrieval_metrics,
-    retrieval_set,
-)
+from jbert.beir import RetrievalSet, pairs_to_sets
+from jbert.evaluation import SYSTEMS, SetEvaluator, evaluate_set, macro_average
 
 
 @dataclasses.dataclass
 class RetrievalReport:
     """`metrics` {system: {metric: value}}, `per_language` {language: {system: {metric}}},
     `counts` {language: queries}, and the model's cosine similarities split into positives
-    [Q], negatives (a sample of the off-diagonal scores) and each query's hardest negative [Q]."""
+    (every relevant pair), negatives (a sample of the other scores) and each query's hardest
+    negative [Q]."""
 
     metrics: dict[str, dict[str, float]]
     per_language: dict[str, dict[str, dict[str, float]]]
@@ -35,57 +31,41 @@ class RetrievalReport:
     hardest_negative_sims: np.ndarray
 
 
-def sample_pairs(pairs: Sequence[dict], n: int | None, seed: int = 0) -> list[dict]:
-    """At most `n` pairs drawn at random (file order kept): pair files are grouped by language,
-    so the first n would often be one language."""
-    pairs = list(pairs)
-    if n is None or n >= len(pairs):
-        return pairs
-    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), n, replace=False))
-    return [pairs[i] for i in keep]
-
-
-def similarity_split(scores_QN: np.ndarray, relevant_Q: np.ndarray, max_negatives: int = 200_000,
+def similarity_split(scores_QN: np.ndarray, rs: RetrievalSet, max_negatives: int = 200_000,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positive [Q], negatives (at most `max_negatives`, sampled), hardest negative [Q])."""
+    """(positive [relevant pairs], negatives (at most `max_negatives`, sampled), hardest negative
+    [Q]) cosine similarities of one set's score matrix."""
     scores_QN = np.asarray(scores_QN, np.float64)
-    q = np.arange(len(relevant_Q))
-    positive_Q = scores_QN[q, relevant_Q]
-    is_neg_QN = np.ones(scores_QN.shape, bool)
-    is_neg_QN[q, relevant_Q] = False
-    negatives = scores_QN[is_neg_QN]
+    doc_index = {d: j for j, d in enumerate(rs.doc_ids)}
+    is_rel_QN = np.zeros(scores_QN.shape, bool)
+    for i, q in enumerate(rs.query_ids):
+        is_rel_QN[i, [doc_index[d] for d in rs.qrels[q]]] = True
+    negatives = scores_QN[~is_rel_QN]
     if len(negatives) > max_negatives:
         negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
-    hardest_Q = np.where(is_neg_QN, scores_QN, -np.inf).max(axis=1)
-    return positive_Q, negatives, hardest_Q
-
-
-def per_language_metrics(ranks_Q: np.ndarray, languages: Sequence[str]
-                         ) -> dict[str, dict[str, float]]:
-    """Retrieval metrics of the queries of each language (against the whole corpus)."""
-    languages = np.asarray(languages)
-    return {str(lang): retrieval_metrics(ranks_Q[languages == lang])
-            for lang in sorted(set(languages.tolist()))}
+    hardest_Q = np.where(is_rel_QN, -np.inf, scores_QN).max(axis=1)
+    return scores_QN[is_rel_QN], negatives, hardest_Q
 
 
 def retrieval_report(config: Any, params: Any, tokenizer: Any, pairs: Sequence[dict], *,
-                     max_pairs: int | None = None, max_query_length: int = 64,
+                     max_queries: int | None = None, max_query_length: int = 64,
                      max_doc_length: int = 256, bm25: bool = True,
                      model_name: str = "model") -> RetrievalReport:
-    """Scores the held-out pairs with the encoder (and BM25) and gathers what the plots show."""
-    pairs = list(pairs)[:max_pairs] if max_pairs else list(pairs)
-    queries, corpus, relevant_Q = retrieval_set(pairs)
-    languages = [p.get("language") or "unknown" for p in pairs]
-    scores = {model_name: embedding_scores(config, params, tokenizer, queries, corpus,
-                                           max_query_length=max_query_length,
-                                           max_doc_length=max_doc_length)}
-    if bm25:
-        scores["BM25"] = BM25Index(corpus).scores(queries)
-    ranks = {name: ranks_of_relevant(s, relevant_Q) for name, s in scores.items()}
-    metrics = {name: retrieval_metrics(r) for name, r in ranks.items()}
-    by_system = {name: per_language_metrics(r, languages) for name, r in ranks.items()}
-    per_language = {lang: {name: by_system[name][lang] for name in ranks}
-                    for lang in by_system[model_name]}
-    counts = {lang: languages.count(lang) for lang in per_language}
-    pos, neg, hardest = similarity_split(scores[model_name], relevant_Q)
+    """Scores the held-out pairs (one set per language, `jbert.beir.pairs_to_sets`) with the
+    encoder, BM25 and their fusion, and gathers what the plots show; `metrics` are macro
+    averages over the languages."""
+    sets = pairs_to_sets(pairs, max_queries)
+    evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
+                             max_doc_length=max_doc_length, bm25=bm25)
+    dense = evaluator.dense_scores(params)
+    names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
+             "linear": "hybrid (linear)"}
+    per_set = {rs.name: evaluate_set(rs, d, b)
+               for rs, d, b in zip(sets, dense, evaluator.bm25, strict=True)}
+    metrics = {names[s]: m for s, m in macro_average(per_set).items()}
+    per_language = {lang: {names[s]: r[s] for s in SYSTEMS if s in r}
+                    for lang, r in per_set.items()}
+    counts = {rs.name: len(rs.queries) for rs in sets}
+    splits = [similarity_split(d, rs) for d, rs in zip(dense, sets, strict=True)]
+    pos, neg, hardest = (np.concatenate(parts) for parts in zip(*splits, strict=True))
     return RetrievalReport(metrics, per_language, counts, pos, neg, hardest)

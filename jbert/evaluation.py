@@ -1,9 +1,11 @@
-"""Code retrieval evaluation: each held-out query (a docstring) against the whole held-out corpus
-(every held-out code snippet), scored by an embedding model or by BM25.
+"""Code retrieval evaluation on retrieval sets (`jbert.beir.RetrievalSet`: a BEIR-layout dir, or
+our held-out pairs as one set per language): every query against the set's whole corpus,
+scored by an embedding model, by BM25 with identifiers split, and by their fusion.
 
-One relevant document per query (its own code). A query's rank counts the documents scoring at
-least as high as its relevant one, so ties never flatter a scorer (BM25 gives many zeros).
-Shapes: Q queries, N documents, D embedding width.
+Metrics are those BEIR and CoIR report through pytrec_eval, computed the same way (tests check
+against pytrec_eval): nDCG@10 with graded relevance (the headline), MRR@10, recall@1/10/100 over
+the top 100 documents, equal scores ordered by document id as trec_eval orders them. Sets are
+macro-averaged, each weighing the same. Shapes: Q queries, N documents, D embedding width.
 """
 
 from __future__ import annotations
@@ -14,54 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-METRIC_KS = (1, 10)
-
-
-def ranks_of_relevant(scores_QN: np.ndarray, relevant_Q: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's relevant document; ties count against it."""
-    scores_QN = np.asarray(scores_QN, np.float64)
-    relevant_Q = np.asarray(relevant_Q)
-    target_Q1 = scores_QN[np.arange(len(relevant_Q)), relevant_Q][:, None]
-    return np.sum(scores_QN >= target_Q1, axis=1)
-
-
-def retrieval_metrics(ranks_Q: np.ndarray, k: int = 10,
-                      recall_ks: Sequence[int] = METRIC_KS) -> dict[str, float]:
-    """MRR@k, nDCG@k (one relevant document: 1 / log2(rank + 1)) and recall@k from ranks."""
-    ranks_Q = np.asarray(ranks_Q, np.float64)
-    hit_Q = ranks_Q <= k
-    out = {f"mrr@{k}": float(np.mean(np.where(hit_Q, 1.0 / ranks_Q, 0.0))),
-           f"ndcg@{k}": float(np.mean(np.where(hit_Q, 1.0 / np.log2(ranks_Q + 1.0), 0.0)))}
-    out.update({f"recall@{r}": float(np.mean(ranks_Q <= r)) for r in recall_ks})
-    return out
-
-
-# What the tables and plots report of `retrieval_metrics`, in this order.
-RETRIEVAL_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
-
-
-def score_metrics(scores_QN: np.ndarray, relevant_Q: np.ndarray) -> dict[str, float]:
-    return retrieval_metrics(ranks_of_relevant(scores_QN, relevant_Q))
-
-
-# -- the held-out set ------------------------------------------------------------------------
-
-
-def retrieval_set(pairs: Sequence[dict], max_pairs: int | None = None
-                  ) -> tuple[list[str], list[str], np.ndarray]:
-    """(queries, corpus, relevant index per query): the corpus is every distinct positive."""
-    pairs = list(pairs)[:max_pairs] if max_pairs else list(pairs)
-    corpus, index = [], {}
-    relevant = []
-    for p in pairs:
-        doc = p["positive"]
-        if doc not in index:
-            index[doc] = len(corpus)
-            corpus.append(doc)
-        relevant.append(index[doc])
-    return [p["query"] for p in pairs], corpus, np.asarray(relevant, np.int64)
-
 
 # -- BM25 ------------------------------------------------------------------------------------
 
@@ -108,39 +62,7 @@ class BM25Index:
         return np.argsort(-scores_QN, axis=1, kind="stable")[:, :k]
 
 
-def bm25_metrics(queries: Sequence[str], corpus: Sequence[str],
-                 relevant_Q: np.ndarray) -> dict[str, float]:
-    return score_metrics(BM25Index(corpus).scores(queries), relevant_Q)
-
-
 # -- embedding models ------------------------------------------------------------------------
-
-
-def embedding_scores(config: Any, params: Any, tokenizer: Any, queries: Sequence[str],
-                     corpus: Sequence[str], *, max_query_length: int = 64,
-                     max_doc_length: int = 256, batch_size: int = 64) -> np.ndarray:
-    """[Q, N] cosine similarities of mean-pooled, L2-normalised embeddings."""
-    from jbert.embedder import Embedder
-
-    embedder = Embedder(config, params, tokenizer,
-                        max_length=max(max_query_length, max_doc_length))
-    q_QD = embedder.encode(queries, max_length=max_query_length, batch_size=batch_size)
-    d_ND = embedder.encode(corpus, max_length=max_doc_length, batch_size=batch_size)
-    return q_QD @ d_ND.T
-
-
-def evaluate_embeddings(config: Any, params: Any, tokenizer: Any, pairs: Sequence[dict], *,
-                        max_pairs: int | None = None, max_query_length: int = 64,
-                        max_doc_length: int = 256, bm25: bool = False) -> dict[str, float]:
-    """Retrieval metrics of an encoder on held-out pairs (`bm25_*` keys too with `bm25`)."""
-    queries, corpus, relevant_Q = retrieval_set(pairs, max_pairs)
-    scores_QN = embedding_scores(config, params, tokenizer, queries, corpus,
-                                 max_query_length=max_query_length, max_doc_length=max_doc_length)
-    out = {"queries": float(len(queries)), "corpus": float(len(corpus)),
-           **score_metrics(scores_QN, relevant_Q)}
-    if bm25:
-        out.update({f"bm25_{k}": v for k, v in bm25_metrics(queries, corpus, relevant_Q).items()})
-    return out
 
 
 def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:

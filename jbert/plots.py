@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from jbert.evaluation import RETRIEVAL_METRICS
+from jbert.evaluation import IR_METRICS
 
 # Training-curve panels: (title, y label, [(key, line style)]); a panel is drawn when any key is
 # in the logs. Eval and BM25 lines are dashed so the legend reads "train vs eval".
@@ -100,7 +100,7 @@ def _grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float
 
 
 def retrieval_bars(results: Mapping[str, Mapping[str, float]],
-                   metrics: Sequence[str] = RETRIEVAL_METRICS, title: str | None = None) -> Figure:
+                   metrics: Sequence[str] = IR_METRICS, title: str | None = None) -> Figure:
     """Grouped bars: one group per metric, one bar per system ({system: {metric: value}})."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -112,7 +112,7 @@ def retrieval_bars(results: Mapping[str, Mapping[str, float]],
 
 
 def per_language_bars(per_language: Mapping[str, Mapping[str, Mapping[str, float]]],
-                      metric: str = "mrr@10", counts: Mapping[str, int] | None = None,
+                      metric: str = "ndcg@10", counts: Mapping[str, int] | None = None,
                       title: str | None = None) -> Figure:
     """Bars of one metric per language ({language: {system: {metric: value}}}), each system a
     colour; `counts` ({language: queries}) goes into the tick labels."""

@@ -69,7 +69,7 @@ def artefacts(tmp_path_factory):
     return {"JBERT_RUN_DIR": root / "run", "JBERT_DATA_DIR": data,
             "JBERT_EXPORT_DIR": root / "export", "JBERT_PLOTS_DIR": root / "plots",
             "JBERT_LENGTHS": "32,64,128,256,512", "JBERT_TOKENS_PER_LENGTH": "1024",
-            "JBERT_MAX_PAIRS": "30"}
+            "JBERT_MAX_QUERIES": "30"}
 
 
 def test_notebooks_are_stored_without_outputs():
