@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,37 @@ def to_hf_state_dict(config: JinaBertConfig, params: Params, head: str = "base",
                                   f"{tuple(expected[path].shape)}")
         array = array.T if is_transposed(path) else array
         out[hf_name(path)] = np.ascontiguousarray(array.astype(dtype, copy=False))
+    if "cls.predictions.bias" in out:
+        # The released checkpoints carry the decoder's bias as its own tensor, equal to
+        # `cls.predictions.bias`: jina's remote code reads it and does not re-tie the two.
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].copy()
     return out
 
 
 def infer_head(config: JinaBertConfig, params: Params) -> str:
-    """The first head (in `jbert.heads.HEADS` order) whose parameter tree matches `params`."""
+    """The head (of `jbert.heads.HEADS`) whose parameter tree matches `params`.
+
+    Some heads have the same tensors (masked_lm and lm_head always; sequence_classification
+    with num_labels=1 and multiple_choice): params that fit several are refused, naming them.
+    """
     from jbert.heads import HEADS
 
     given = {path: tuple(np.shape(v)) for path, v in iter_leaves(params)}
+    fits = []
     for head in HEADS:
-        wanted = {path: tuple(v.shape) for path, v in iter_leaves(abstract_params(config, head))}
-        if wanted == given:
-            return head
-    raise CheckpointError("params match no head of this config (compare with "
-                          "jbert.functional.abstract_params(config, head))")
+        try:
+            tree = abstract_params(config, head)
+        except ValueError:  # a head this config cannot build (question answering, num_labels!=2)
+            continue
+        if {path: tuple(v.shape) for path, v in iter_leaves(tree)} == given:
+            fits.append(head)
+    if not fits:
+        raise CheckpointError("params match no head of this config (compare with "
+                              "jbert.functional.abstract_params(config, head))")
+    if len(fits) > 1:
+        raise CheckpointError(f"params fit the heads {fits} alike (the same tensors); pass "
+                              f"head= to say which, e.g. head={fits[0]!r}")
+    return fits[0]
 
 
 def hf_config_dict(config: JinaBertConfig, head: str = "base") -> dict[str, Any]:
@@ -103,6 +121,8 @@ def hf_config_dict(config: JinaBertConfig, head: str = "base") -> dict[str, Any]
         if head in _AUTO_CLASSES:
             module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
             hf["auto_map"][_AUTO_CLASSES[head]] = f"{module}.{HEAD_CLASSES[head]}"
+    if head == "lm_head":
+        hf["is_decoder"] = True  # jbert's LM head is causal; the remote code reads this flag
     return dict(sorted(hf.items()))
 
 
@@ -186,7 +206,16 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
 
         # {"format": "pt"}: transformers refuses safetensors files without it.
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        files: dict[str, Any] = {"config.json": hf_config_dict(config, head)}
+        hf_config = hf_config_dict(config, head)
+        if tokenizer is None and hf_config["emb_pooler"] is not None:
+            # With emb_pooler set, jina's remote model loads the tokenizer from the model
+            # directory in its constructor: without tokenizer files AutoModel would fail.
+            warnings.warn("save_pretrained without a tokenizer: config.json gets emb_pooler="
+                          "null so that AutoModel loads it (no `encode`); pass tokenizer= (a "
+                          "tokenizers.Tokenizer, a directory or a hub id) to keep it",
+                          stacklevel=2)
+            hf_config["emb_pooler"] = None
+        files: dict[str, Any] = {"config.json": hf_config}
         if head == "base":
             files.update(_sentence_transformers_files(config))
         for name, content in files.items():
