@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,21 @@ HEAD_CLASSES = {
     "token_classification": "JinaBertForTokenClassification",
     "question_answering": "JinaBertForQuestionAnswering",
 }
-_AUTO_CLASSES = {
+# The transformers Auto class that loads each head.
+AUTO_CLASSES = {
+    "base": "AutoModel",
     "pretraining": "AutoModelForPreTraining",
+    "masked_lm": "AutoModelForMaskedLM",
     "lm_head": "AutoModelForCausalLM",
     "next_sentence": "AutoModelForNextSentencePrediction",
+    "sequence_classification": "AutoModelForSequenceClassification",
     "multiple_choice": "AutoModelForMultipleChoice",
     "token_classification": "AutoModelForTokenClassification",
     "question_answering": "AutoModelForQuestionAnswering",
 }
+# jbert's own modeling code (package data, never imported by jbert) for self-contained exports.
+SELF_CONTAINED_FILES = ("configuration_jbert.py", "modeling_jbert.py")
+SELF_CONTAINED_MODEL_TYPE = "jbert"
 
 
 def to_hf_state_dict(config: JinaBertConfig, params: Params, head: str = "base",
@@ -108,21 +116,32 @@ def infer_head(config: JinaBertConfig, params: Params) -> str:
     return fits[0]
 
 
-def hf_config_dict(config: JinaBertConfig, head: str = "base") -> dict[str, Any]:
+def hf_config_dict(config: JinaBertConfig, head: str = "base", *,
+                   self_contained: bool = False) -> dict[str, Any]:
     """`config.json` for a head: the released keys, `architectures` and `auto_map` for it.
 
     The released embedding repositories carry the bare encoder's weights under
     `architectures: ["JinaBertForMaskedLM"]`; `AutoModel` goes through `auto_map` and loads the
-    encoder either way, so the base model keeps that name and task heads get their own.
+    encoder either way, so the base model keeps that name and task heads get their own. With
+    `self_contained`, `auto_map` names jbert's modeling files in the export directory for every
+    Auto class, `model_type` is `jbert` (so that nothing mistakes it for a plain BERT) and
+    `qk_norm` names the layout.
     """
     hf = config.to_hf_dict()
     if head not in ("base", "masked_lm"):
         hf["architectures"] = [HEAD_CLASSES[head]]
-        if head in _AUTO_CLASSES:
-            module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
-            hf["auto_map"][_AUTO_CLASSES[head]] = f"{module}.{HEAD_CLASSES[head]}"
+        module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
+        hf["auto_map"].setdefault(AUTO_CLASSES[head], f"{module}.{HEAD_CLASSES[head]}")
     if head == "lm_head":
         hf["is_decoder"] = True  # jbert's LM head is causal; the remote code reads this flag
+    if self_contained:
+        config_module, model_module = (f.removesuffix(".py") for f in SELF_CONTAINED_FILES)
+        hf["auto_map"] = {"AutoConfig": f"{config_module}.JinaBertConfig"} | {
+            auto: f"{model_module}.{HEAD_CLASSES[h]}" for h, auto in AUTO_CLASSES.items()}
+        hf["architectures"] = [HEAD_CLASSES[head]]
+        hf["model_type"] = SELF_CONTAINED_MODEL_TYPE
+        hf["qk_norm"] = config.qk_norm
+        del hf["attn_implementation"]  # jina's code reads it; transformers 4 validates it
     return dict(sorted(hf.items()))
 
 
@@ -150,7 +169,8 @@ def _sentence_transformers_files(config: JinaBertConfig) -> dict[str, Any]:
     }
 
 
-def _model_card(config: JinaBertConfig, head: str, base_model: str | None) -> str:
+def _model_card(config: JinaBertConfig, head: str, base_model: str | None,
+                self_contained: bool) -> str:
     layout = ("jina-embeddings-v2-base-code layout (jinaai/jina-bert-v2-qk-post-norm)"
               if config.qk_norm else "jina-embeddings-v2-base-en layout "
               "(jinaai/jina-bert-implementation)")
@@ -161,15 +181,17 @@ def _model_card(config: JinaBertConfig, head: str, base_model: str | None) -> st
     if base_model:
         front.append(f"base_model: {base_model}")
     front.append("---")
+    code = ("the modeling code is jbert's own, in this directory (`modeling_jbert.py`, "
+            "`configuration_jbert.py`; transformers 4.x and 5.x)" if self_contained else
+            "the modeling code is Jina AI's, fetched through `auto_map` (transformers 4.x)")
     return "\n".join(front) + f"""
 
 # JinaBERT ({HEAD_CLASSES[head]}), exported by jbert
 
 A JinaBERT encoder ({config.num_hidden_layers} layers, hidden size {config.hidden_size},
 {config.num_attention_heads} heads, symmetric ALiBi, {config.max_position_embeddings} positions)
-in the {layout}. Weights are fp32 with the official tensor names; the modeling code is Jina AI's,
-fetched through `auto_map`, hence `trust_remote_code=True`. Embeddings are the mean of the last
-hidden states over real tokens.
+in the {layout}. Weights are fp32 with the official tensor names; {code}, hence
+`trust_remote_code=True`. Embeddings are the mean of the last hidden states over real tokens.
 
 ```python
 from sentence_transformers import SentenceTransformer
@@ -184,7 +206,7 @@ or in JAX: `config, params = jbert.load_pretrained("path/or/repo")`.
 
 def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Params,
                     tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
-                    base_model: str | None = None) -> Path:
+                    base_model: str | None = None, self_contained: bool = False) -> Path:
     """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
 
     `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
@@ -192,6 +214,11 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
     inferred from the parameter tree when not given. The files are written to a temporary
     sibling and renamed into place; a non-empty `path` is refused unless `overwrite=True`, and
     then replaced only once the new directory is complete.
+
+    By default `auto_map` points at jina's released remote code, as the released checkpoints
+    do (it imports under transformers 4.x only). `self_contained=True` writes jbert's own
+    modeling code into the directory instead (`modeling_jbert.py`, `configuration_jbert.py`),
+    which loads offline with transformers 4.x and 5.x; docs/export.md has the details.
     """
     out = Path(path).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -206,8 +233,8 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
 
         # {"format": "pt"}: transformers refuses safetensors files without it.
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        hf_config = hf_config_dict(config, head)
-        if tokenizer is None and hf_config["emb_pooler"] is not None:
+        hf_config = hf_config_dict(config, head, self_contained=self_contained)
+        if tokenizer is None and hf_config["emb_pooler"] is not None and not self_contained:
             # With emb_pooler set, jina's remote model loads the tokenizer from the model
             # directory in its constructor: without tokenizer files AutoModel would fail.
             warnings.warn("save_pretrained without a tokenizer: config.json gets emb_pooler="
@@ -223,7 +250,11 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp, config)
-        (tmp / "README.md").write_text(_model_card(config, head, base_model))
+        if self_contained:
+            code = resources.files("jbert") / "hf_code"
+            for name in SELF_CONTAINED_FILES:
+                (tmp / name).write_text((code / name).read_text())
+        (tmp / "README.md").write_text(_model_card(config, head, base_model, self_contained))
     return out
 
 
