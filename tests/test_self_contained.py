@@ -153,6 +153,21 @@ def test_config_json_and_round_trip(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
+def test_what_transformers_saves_again_loads_back_into_jbert(tmp_path):
+    """transformers drops `_name_or_path` on save; the layout comes from `qk_norm`."""
+    import warnings
+
+    config, params, out = _export(tmp_path, "code", "base", seed=5)
+    again = tmp_path / "again"
+    _load(out, "base").save_pretrained(again)
+    assert json.loads((again / "config.json").read_text())["qk_norm"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded_config, loaded = load_pretrained(again, attention_block_size=64)
+    assert loaded_config == config
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
 @pytest.mark.slow  # a fresh interpreter importing JAX
 def test_a_self_contained_export_never_imports_torch_in_jbert(tmp_path):
     code = f"""
