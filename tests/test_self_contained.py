@@ -137,6 +137,13 @@ def test_lm_head_is_causal_and_masked_lm_is_not(tmp_path):
     assert _compare(config, params, model, "lm_head") < TOL
 
 
+def test_encode_without_tokenizer_files_says_so(tmp_path):
+    _, _, out = _export(tmp_path, "base", "base", seed=6)
+    model = _load(out, "base")  # loads: nothing reads the tokenizer before `encode`
+    with pytest.raises(ValueError, match="encode needs the tokenizer files"):
+        model.encode(["def f(): pass"])
+
+
 def test_config_json_and_round_trip(tmp_path):
     config, params, out = _export(tmp_path, "code", "masked_lm", seed=4)
     hf = json.loads((out / "config.json").read_text())
