@@ -141,7 +141,7 @@ def hf_config_dict(config: JinaBertConfig, head: str = "base", *,
         hf["architectures"] = [HEAD_CLASSES[head]]
         hf["model_type"] = SELF_CONTAINED_MODEL_TYPE
         hf["qk_norm"] = config.qk_norm
-        del hf["attn_implementation"]  # jina's code reads it; transformers 4 validates it
+        del hf["attn_implementation"]  # jina's code reads it; transformers 5 refuses "torch"
     return dict(sorted(hf.items()))
 
 
