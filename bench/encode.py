@@ -57,7 +57,7 @@ def jbert_encode(config: JinaBertConfig, ids_BL: np.ndarray):
 
 def torch_encode(config: JinaBertConfig, ids_BL: np.ndarray):
     tw = twin_module()
-    model = tw.build(config.to_hf_dict(), masked_lm=False)
+    model = tw.build(config.to_hf_dict())
     ids = torch.from_numpy(ids_BL).long()
     mask = torch.ones_like(ids)
 

@@ -87,7 +87,7 @@ def jbert_step(config: JinaBertConfig, batch_np: dict, loss: str):
 
 def torch_step(config: JinaBertConfig, batch_np: dict, loss: str, bf16: bool):
     tw = twin_module()
-    model = tw.build(config.to_hf_dict(), masked_lm=True)
+    model = tw.build(config.to_hf_dict(), head="masked_lm")
     # The parameters `init_state(seed=0)` gives jbert, so both sides compute the same function
     # from the same weights (their step-0 losses agree, up to dropout where the config has it).
     init_key = jax.random.split(jax.random.key(0))[0]

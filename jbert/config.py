@@ -171,6 +171,8 @@ _CODE_AUTO_MAP = {
 
 
 def _is_code_layout(hf: dict[str, Any]) -> bool:
+    if isinstance(hf.get("qk_norm"), bool):  # jbert's self-contained exports say it outright
+        return hf["qk_norm"]
     names = " ".join(str(v) for v in (hf.get("auto_map") or {}).values())
     return "qk-post-norm" in names or "qk-post-norm" in str(hf.get("_name_or_path", ""))
 

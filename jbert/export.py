@@ -29,9 +29,11 @@ def load_run_params(run_dir: str | Path, step: int | None = None) -> tuple[Any, 
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
-               tokenizer: Any = None, head: str | None = None, overwrite: bool = False) -> Path:
+               tokenizer: Any = None, head: str | None = None, overwrite: bool = False,
+               self_contained: bool = False) -> Path:
     """Writes the run's weights in the released layout; the tokenizer defaults to the one in
-    the run's data directory. `head="base"` exports only the encoder (an embedding model)."""
+    the run's data directory. `head="base"` exports only the encoder (an embedding model);
+    `self_contained` ships jbert's own modeling code with it (see `save_pretrained`)."""
     config, params, trained_head, _ = load_run_params(run_dir, step)
     if tokenizer is None:
         candidate = Path(run_config(run_dir).data.dir) / "tokenizer"
@@ -43,4 +45,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
             fresh = functional.init_params(config, jax.random.key(0), "base")
             params = {**params, "pooler": fresh["pooler"]}
     return save_pretrained(out, config, params, tokenizer=tokenizer,
-                           head=head or trained_head, overwrite=overwrite)
+                           head=head or trained_head, overwrite=overwrite,
+                           self_contained=self_contained)

@@ -318,6 +318,10 @@ class JinaBertForQuestionAnswering(_Head):
     pooled = False
 
     def __init__(self, config: JinaBertConfig, *, rngs: nnx.Rngs):
+        if config.num_labels != 2:
+            # HF's question answering reads `num_labels` outputs and splits them in two.
+            raise ValueError(f"JinaBertConfig.num_labels={config.num_labels}: question "
+                             "answering has 2 outputs (start and end logits); use num_labels=2")
         super().__init__(config, rngs=rngs)
         self.qa_outputs = dense(config, config.hidden_size, 2, ("embed", "labels"), rngs=rngs)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +45,21 @@ HEAD_CLASSES = {
     "token_classification": "JinaBertForTokenClassification",
     "question_answering": "JinaBertForQuestionAnswering",
 }
-_AUTO_CLASSES = {
+# The transformers Auto class that loads each head.
+AUTO_CLASSES = {
+    "base": "AutoModel",
     "pretraining": "AutoModelForPreTraining",
+    "masked_lm": "AutoModelForMaskedLM",
     "lm_head": "AutoModelForCausalLM",
     "next_sentence": "AutoModelForNextSentencePrediction",
+    "sequence_classification": "AutoModelForSequenceClassification",
     "multiple_choice": "AutoModelForMultipleChoice",
     "token_classification": "AutoModelForTokenClassification",
     "question_answering": "AutoModelForQuestionAnswering",
 }
+# jbert's own modeling code (package data, never imported by jbert) for self-contained exports.
+SELF_CONTAINED_FILES = ("configuration_jbert.py", "modeling_jbert.py")
+SELF_CONTAINED_MODEL_TYPE = "jbert"
 
 
 def to_hf_state_dict(config: JinaBertConfig, params: Params, head: str = "base",
@@ -74,35 +83,65 @@ def to_hf_state_dict(config: JinaBertConfig, params: Params, head: str = "base",
                                   f"{tuple(expected[path].shape)}")
         array = array.T if is_transposed(path) else array
         out[hf_name(path)] = np.ascontiguousarray(array.astype(dtype, copy=False))
+    if "cls.predictions.bias" in out:
+        # The released checkpoints carry the decoder's bias as its own tensor, equal to
+        # `cls.predictions.bias`: jina's remote code reads it and does not re-tie the two.
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].copy()
     return out
 
 
 def infer_head(config: JinaBertConfig, params: Params) -> str:
-    """The first head (in `jbert.heads.HEADS` order) whose parameter tree matches `params`."""
+    """The head (of `jbert.heads.HEADS`) whose parameter tree matches `params`.
+
+    Some heads have the same tensors (masked_lm and lm_head always; sequence_classification
+    with num_labels=1 and multiple_choice): params that fit several are refused, naming them.
+    """
     from jbert.heads import HEADS
 
     given = {path: tuple(np.shape(v)) for path, v in iter_leaves(params)}
+    fits = []
     for head in HEADS:
-        wanted = {path: tuple(v.shape) for path, v in iter_leaves(abstract_params(config, head))}
-        if wanted == given:
-            return head
-    raise CheckpointError("params match no head of this config (compare with "
-                          "jbert.functional.abstract_params(config, head))")
+        try:
+            tree = abstract_params(config, head)
+        except ValueError:  # a head this config cannot build (question answering, num_labels!=2)
+            continue
+        if {path: tuple(v.shape) for path, v in iter_leaves(tree)} == given:
+            fits.append(head)
+    if not fits:
+        raise CheckpointError("params match no head of this config (compare with "
+                              "jbert.functional.abstract_params(config, head))")
+    if len(fits) > 1:
+        raise CheckpointError(f"params fit the heads {fits} alike (the same tensors); pass "
+                              f"head= to say which, e.g. head={fits[0]!r}")
+    return fits[0]
 
 
-def hf_config_dict(config: JinaBertConfig, head: str = "base") -> dict[str, Any]:
+def hf_config_dict(config: JinaBertConfig, head: str = "base", *,
+                   self_contained: bool = False) -> dict[str, Any]:
     """`config.json` for a head: the released keys, `architectures` and `auto_map` for it.
 
     The released embedding repositories carry the bare encoder's weights under
     `architectures: ["JinaBertForMaskedLM"]`; `AutoModel` goes through `auto_map` and loads the
-    encoder either way, so the base model keeps that name and task heads get their own.
+    encoder either way, so the base model keeps that name and task heads get their own. With
+    `self_contained`, `auto_map` names jbert's modeling files in the export directory for every
+    Auto class, `model_type` is `jbert` (so that nothing mistakes it for a plain BERT) and
+    `qk_norm` names the layout.
     """
     hf = config.to_hf_dict()
     if head not in ("base", "masked_lm"):
         hf["architectures"] = [HEAD_CLASSES[head]]
-        if head in _AUTO_CLASSES:
-            module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
-            hf["auto_map"][_AUTO_CLASSES[head]] = f"{module}.{HEAD_CLASSES[head]}"
+        module = hf["auto_map"]["AutoModel"].rsplit(".", 1)[0]
+        hf["auto_map"].setdefault(AUTO_CLASSES[head], f"{module}.{HEAD_CLASSES[head]}")
+    if head == "lm_head":
+        hf["is_decoder"] = True  # jbert's LM head is causal; the remote code reads this flag
+    if self_contained:
+        config_module, model_module = (f.removesuffix(".py") for f in SELF_CONTAINED_FILES)
+        hf["auto_map"] = {"AutoConfig": f"{config_module}.JinaBertConfig"} | {
+            auto: f"{model_module}.{HEAD_CLASSES[h]}" for h, auto in AUTO_CLASSES.items()}
+        hf["architectures"] = [HEAD_CLASSES[head]]
+        hf["model_type"] = SELF_CONTAINED_MODEL_TYPE
+        hf["qk_norm"] = config.qk_norm
+        del hf["attn_implementation"]  # jina's code reads it; transformers 5 refuses "torch"
     return dict(sorted(hf.items()))
 
 
@@ -130,7 +169,8 @@ def _sentence_transformers_files(config: JinaBertConfig) -> dict[str, Any]:
     }
 
 
-def _model_card(config: JinaBertConfig, head: str, base_model: str | None) -> str:
+def _model_card(config: JinaBertConfig, head: str, base_model: str | None,
+                self_contained: bool) -> str:
     layout = ("jina-embeddings-v2-base-code layout (jinaai/jina-bert-v2-qk-post-norm)"
               if config.qk_norm else "jina-embeddings-v2-base-en layout "
               "(jinaai/jina-bert-implementation)")
@@ -141,15 +181,17 @@ def _model_card(config: JinaBertConfig, head: str, base_model: str | None) -> st
     if base_model:
         front.append(f"base_model: {base_model}")
     front.append("---")
+    code = ("the modeling code is jbert's own, in this directory (`modeling_jbert.py`, "
+            "`configuration_jbert.py`; transformers 4.x and 5.x)" if self_contained else
+            "the modeling code is Jina AI's, fetched through `auto_map` (transformers 4.x)")
     return "\n".join(front) + f"""
 
 # JinaBERT ({HEAD_CLASSES[head]}), exported by jbert
 
 A JinaBERT encoder ({config.num_hidden_layers} layers, hidden size {config.hidden_size},
 {config.num_attention_heads} heads, symmetric ALiBi, {config.max_position_embeddings} positions)
-in the {layout}. Weights are fp32 with the official tensor names; the modeling code is Jina AI's,
-fetched through `auto_map`, hence `trust_remote_code=True`. Embeddings are the mean of the last
-hidden states over real tokens.
+in the {layout}. Weights are fp32 with the official tensor names; {code}, hence
+`trust_remote_code=True`. Embeddings are the mean of the last hidden states over real tokens.
 
 ```python
 from sentence_transformers import SentenceTransformer
@@ -164,7 +206,7 @@ or in JAX: `config, params = jbert.load_pretrained("path/or/repo")`.
 
 def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Params,
                     tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
-                    base_model: str | None = None) -> Path:
+                    base_model: str | None = None, self_contained: bool = False) -> Path:
     """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
 
     `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
@@ -172,6 +214,11 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
     inferred from the parameter tree when not given. The files are written to a temporary
     sibling and renamed into place; a non-empty `path` is refused unless `overwrite=True`, and
     then replaced only once the new directory is complete.
+
+    By default `auto_map` points at jina's released remote code, as the released checkpoints
+    do (it imports under transformers 4.x only). `self_contained=True` writes jbert's own
+    modeling code into the directory instead (`modeling_jbert.py`, `configuration_jbert.py`),
+    which loads offline with transformers 4.x and 5.x; docs/export.md has the details.
     """
     out = Path(path).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -186,7 +233,16 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
 
         # {"format": "pt"}: transformers refuses safetensors files without it.
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        files: dict[str, Any] = {"config.json": hf_config_dict(config, head)}
+        hf_config = hf_config_dict(config, head, self_contained=self_contained)
+        if tokenizer is None and hf_config["emb_pooler"] is not None and not self_contained:
+            # With emb_pooler set, jina's remote model loads the tokenizer from the model
+            # directory in its constructor: without tokenizer files AutoModel would fail.
+            warnings.warn("save_pretrained without a tokenizer: config.json gets emb_pooler="
+                          "null so that AutoModel loads it (no `encode`); pass tokenizer= (a "
+                          "tokenizers.Tokenizer, a directory or a hub id) to keep it",
+                          stacklevel=2)
+            hf_config["emb_pooler"] = None
+        files: dict[str, Any] = {"config.json": hf_config}
         if head == "base":
             files.update(_sentence_transformers_files(config))
         for name, content in files.items():
@@ -194,7 +250,11 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp, config)
-        (tmp / "README.md").write_text(_model_card(config, head, base_model))
+        if self_contained:
+            code = resources.files("jbert") / "hf_code"
+            for name in SELF_CONTAINED_FILES:
+                (tmp / name).write_text((code / name).read_text())
+        (tmp / "README.md").write_text(_model_card(config, head, base_model, self_contained))
     return out
 
 

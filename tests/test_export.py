@@ -38,6 +38,24 @@ def test_export_of_a_run_loads_back_with_the_same_outputs(run_dir, tmp_path):
         functional.apply(config, loaded, ids, head="masked_lm")["logits"], mlm)
 
 
+def test_self_contained_export_from_the_command_line(run_dir, tmp_path, capsys):
+    import json
+
+    from train.export import main
+
+    out = tmp_path / "sc"
+    main(["--checkpoint", str(run_dir), "--out", str(out), "--head", "base", "--self-contained"])
+    assert f"to {out}" in capsys.readouterr().out
+    assert (out / "modeling_jbert.py").is_file() and (out / "configuration_jbert.py").is_file()
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["auto_map"]["AutoModel"] == "modeling_jbert.JinaBertModel"
+    config, params, _, _ = load_run_params(run_dir)
+    ids = np.array([[5, 9, 33, 7, 4, 100]], np.int32)
+    loaded_config, loaded = load_pretrained(out)
+    np.testing.assert_array_equal(functional.forward(loaded_config, loaded, ids),
+                                  functional.forward(config, params, ids))
+
+
 def test_export_errors(run_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         export_run(tmp_path, tmp_path / "out")

@@ -58,6 +58,8 @@ EXPECTED = {
                          ids=["base", "code"])
 @pytest.mark.parametrize("head", [h for h in EXPECTED if h != "base"])
 def test_head_shapes_and_overfitting(head, config):
+    if head == "question_answering":
+        config = config.replace(num_labels=2)  # start and end: any other num_labels is refused
     params = functional.init_params(config, jax.random.key(0), head)
     inputs, labels = _batch(head)
     out = functional.apply(config, params, *inputs, head=head)

@@ -74,7 +74,8 @@ def _batch(seed=0, batch=3, length=13):
 
 def _twin_out(model, ids, mask, types):
     with torch.no_grad():
-        return model(*(torch.from_numpy(x).long() for x in (ids, mask, types))).numpy()
+        out = model(*(torch.from_numpy(x).long() for x in (ids, mask, types)))
+    return tuple(x.numpy() for x in out) if isinstance(out, tuple) else out.numpy()
 
 
 def _max_diff(a, b):
@@ -100,7 +101,7 @@ def test_twin_checkpoint_loads_into_jbert_with_the_same_outputs(layout, tmp_path
 
 @pytest.mark.parametrize("layout", ["base", "code"])
 def test_twin_masked_lm_loads_into_jbert_with_the_same_logits(layout, tmp_path):
-    twin = torch_twin.build(LAYOUTS[layout], masked_lm=True, seed=2)
+    twin = torch_twin.build(LAYOUTS[layout], "masked_lm", seed=2)
     torch_twin.save_twin(twin, tmp_path, LAYOUTS[layout])
     names = load_file(str(tmp_path / "model.safetensors"))
     assert "cls.predictions.bias" in names and "cls.predictions.decoder.weight" not in names
@@ -120,7 +121,7 @@ def test_twin_masked_lm_loads_into_jbert_with_the_same_logits(layout, tmp_path):
 
 
 def test_tied_decoder_copies_are_accepted_and_checked(tmp_path):
-    twin = torch_twin.build(LAYOUTS["code"], masked_lm=True, seed=4)
+    twin = torch_twin.build(LAYOUTS["code"], "masked_lm", seed=4)
     torch_twin.save_twin(twin, tmp_path, LAYOUTS["code"], keep_tied=True)
     assert "cls.predictions.decoder.bias" in load_file(str(tmp_path / "model.safetensors"))
     _, params = load_pretrained(tmp_path, head="masked_lm")
@@ -133,21 +134,83 @@ def test_tied_decoder_copies_are_accepted_and_checked(tmp_path):
         load_pretrained(tmp_path, head="masked_lm")
 
 
+def _perturbed(params, seed):
+    """Params with every leaf moved off its init (biases are zero there, LayerNorms one)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype), params)
+
+
+# What the twin returns for each head, from jbert's outputs.
+JBERT_OUTPUTS = {"masked_lm": ("logits",), "lm_head": ("logits",),
+                 "pretraining": ("prediction_logits", "seq_relationship_logits"),
+                 "question_answering": ("start_logits", "end_logits")}
+
+
 @pytest.mark.parametrize("layout", ["base", "code"])
-def test_jbert_export_loads_into_the_twin_with_the_same_outputs(layout, tmp_path):
+@pytest.mark.parametrize("head", ["base", "masked_lm", "pretraining", "lm_head",
+                                  "question_answering"])
+def test_jbert_export_loads_into_the_twin_with_the_same_outputs(layout, head, tmp_path):
+    """The twin reads the released head layout: the decoder bias as its own tensor (zeros when
+    missing), causal attention only with `is_decoder: true`."""
     config = preset("tiny-code" if layout == "code" else "tiny")
     ids, mask, types = _batch(seed=5)
-    for head, masked_lm in (("base", False), ("masked_lm", True)):
-        params = functional.init_params(config, jax.random.key(6), head)
-        out = save_pretrained(tmp_path / head, config, params)
-        twin = torch_twin.load_twin(out, masked_lm=masked_lm)
-        if masked_lm:
-            want = functional.apply(config, params, ids, mask, types, head=head)["logits"]
-        else:
-            want = jbert.forward(config, params, ids, mask, types)
-        diff = _max_diff(want, _twin_out(twin, ids, mask, types))
-        print(f"{layout}: jbert -> twin {head} {diff:.2e}")
-        assert diff < TOL
+    params = _perturbed(functional.init_params(config, jax.random.key(6), head), seed=6)
+    out = save_pretrained(tmp_path / head, config, params, head=head)
+    twin = torch_twin.load_twin(out, head)
+    if head == "base":
+        want = (jbert.forward(config, params, ids, mask, types),)
+    else:
+        result = functional.apply(config, params, ids, mask, types, head=head)
+        want = tuple(result[name] for name in JBERT_OUTPUTS[head])
+    got = _twin_out(twin, ids, mask, types)
+    got = got if isinstance(got, tuple) else (got,)
+    diff = max(_max_diff(w, g) for w, g in zip(want, got, strict=True))
+    print(f"{layout}: jbert -> twin {head} {diff:.2e}")
+    assert diff < TOL
+    tensors = load_file(str(out / "model.safetensors"))
+    if "cls.predictions.bias" in tensors:
+        np.testing.assert_array_equal(tensors["cls.predictions.decoder.bias"],
+                                      tensors["cls.predictions.bias"])
+    hf = json.loads((out / "config.json").read_text())
+    assert hf.get("is_decoder", False) == (head == "lm_head")
+
+
+def test_heads_with_the_same_tensors_are_not_guessed_and_qa_has_two_outputs(tmp_path):
+    config = preset("tiny")
+    params = functional.init_params(config, jax.random.key(12), "lm_head")
+    with pytest.raises(CheckpointError, match=r"\['masked_lm', 'lm_head'\].*head="):
+        save_pretrained(tmp_path / "lm", config, params)
+    assert not (tmp_path / "lm").exists()
+    save_pretrained(tmp_path / "lm", config, params, head="lm_head")
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["architectures"] == [
+        "JinaBertLMHeadModel"]
+    # A QA config.json is read with num_labels outputs: jbert refuses any but two.
+    with pytest.raises(ValueError, match="num_labels=3: question answering has 2 outputs"):
+        functional.init_params(preset("tiny", num_labels=3), jax.random.key(0),
+                               "question_answering")
+    classifier = functional.init_params(preset("tiny", num_labels=3), jax.random.key(0),
+                                        "token_classification")
+    save_pretrained(tmp_path / "tok", preset("tiny", num_labels=3), classifier)  # still inferred
+
+
+def test_an_export_without_tokenizer_still_loads(tmp_path):
+    """The released remote model loads the tokenizer from its directory when `emb_pooler` is
+    set (the twin too): without tokenizer files the export drops emb_pooler, and says so."""
+    from tokenizers import Tokenizer, models
+
+    config = preset("tiny")
+    params = functional.init_params(config, jax.random.key(13))
+    with pytest.warns(UserWarning, match="emb_pooler=null.*tokenizer="):
+        bare = save_pretrained(tmp_path / "bare", config, params)
+    assert json.loads((bare / "config.json").read_text())["emb_pooler"] is None
+    torch_twin.load_twin(bare)
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", "a"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = save_pretrained(tmp_path / "full", config, params, tokenizer)
+    assert json.loads((full / "config.json").read_text())["emb_pooler"] == "mean"
+    assert torch_twin.load_twin(full).tokenizer is not None
 
 
 @pytest.mark.parametrize("name,head", [("tiny", "base"), ("tiny-code", "masked_lm"),
@@ -155,10 +218,11 @@ def test_jbert_export_loads_into_the_twin_with_the_same_outputs(layout, tmp_path
 def test_export_then_import_is_bitwise_identical(name, head, tmp_path):
     config = preset(name, num_labels=3)
     params = functional.init_params(config, jax.random.key(7), head)
-    save_pretrained(tmp_path, config, params)
-    # attention_block_size is jbert-only (not in config.json): passed as an override.
+    save_pretrained(tmp_path, config, params, head=head)
+    # attention_block_size is jbert-only (not in config.json): passed as an override. Without a
+    # tokenizer the export has no emb_pooler (test_an_export_without_tokenizer_still_loads).
     loaded_config, loaded = load_pretrained(tmp_path, head=head, attention_block_size=64)
-    assert loaded_config == config
+    assert loaded_config == config.replace(emb_pooler=None)
     flat, got = jax.tree.leaves_with_path(params), dict(jax.tree.leaves_with_path(loaded))
     assert len(flat) == len(got)
     for path, value in flat:

@@ -6,7 +6,13 @@ implementation, so `state_dict()` keys are the released tensor names, and `save_
 tied MLM decoder dropped on save). Both layouts: base-en/small-en (`mlp.gated_layers`) and
 base-code (`mlp.up_gated_layer`, LayerNorm on q and k, `layer_norm_1`/`layer_norm_2`).
 Attention materialises the ALiBi bias and masks padded keys with the dtype's minimum, as the
-official code does. Test-only: torch is a test extra.
+official code does.
+
+It behaves as jina's released remote code does where that matters to an export: the MLM
+decoder's bias is its own tensor (`cls.predictions.decoder.bias`, zeros when a checkpoint lacks
+it, since the released code does not re-tie it to `cls.predictions.bias`), attention is causal
+only when `config.json` says `is_decoder: true`, and with `emb_pooler` set the model loads the
+tokenizer from its directory when it is built. Test-only: torch is a test extra.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch.nn import functional as F
 class TwinConfig:
     """The `config.json` keys the model reads; the layout comes from `auto_map`/`_name_or_path`."""
 
-    def __init__(self, hf: dict):
+    def __init__(self, hf: dict, directory: Path | None = None):
         self.hf = dict(hf)
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "type_vocab_size", "layer_norm_eps", "pad_token_id"):
@@ -32,6 +38,10 @@ class TwinConfig:
         self.feed_forward_type = hf.get("feed_forward_type", "geglu")
         names = json.dumps(hf.get("auto_map", {})) + str(hf.get("_name_or_path", ""))
         self.code_layout = "qk-post-norm" in names
+        self.is_decoder = bool(hf.get("is_decoder", False))
+        self.num_labels = hf.get("num_labels", 2)
+        self.emb_pooler = hf.get("emb_pooler")
+        self.directory = directory  # where the model was loaded from, as `_name_or_path`
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -190,6 +200,10 @@ class JinaBertModel(nn.Module):
         self.embeddings = Embeddings(c)
         self.encoder = Encoder(c)
         self.pooler = Pooler(c) if add_pooling_layer else None
+        if c.emb_pooler and c.directory is not None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(c.directory)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         if attention_mask is None:
@@ -199,6 +213,9 @@ class JinaBertModel(nn.Module):
         length = input_ids.shape[1]
         padding = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
         bias = alibi_bias(self.config.num_attention_heads, length) + padding
+        if self.config.is_decoder:
+            future = torch.ones(length, length, dtype=torch.bool).triu(1)
+            bias = bias.masked_fill(future, torch.finfo(torch.float32).min)
         return self.encoder(self.embeddings(input_ids, token_type_ids), bias)
 
 
@@ -213,12 +230,15 @@ class PredictionHeadTransform(nn.Module):
 
 
 class LMPredictionHead(nn.Module):
+    """The released layout: the decoder's bias is a tensor of its own beside `bias`."""
+
     def __init__(self, c: TwinConfig):
         super().__init__()
         self.transform = PredictionHeadTransform(c)
-        self.decoder = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
         self.bias = nn.Parameter(torch.zeros(c.vocab_size))
-        self.decoder.bias = self.bias
+        with torch.no_grad():
+            self.decoder.bias.zero_()
 
     def forward(self, x):
         return self.decoder(self.transform(x))
@@ -230,7 +250,16 @@ class OnlyMLMHead(nn.Module):
         self.predictions = LMPredictionHead(c)
 
 
+class PreTrainingHeads(OnlyMLMHead):
+    def __init__(self, c: TwinConfig):
+        super().__init__(c)
+        self.seq_relationship = nn.Linear(c.hidden_size, 2)
+
+
 class JinaBertForMaskedLM(nn.Module):
+    """Also the LM head model (`JinaBertLMHeadModel`): the same tensors, causal attention when
+    the config says `is_decoder`."""
+
     def __init__(self, c: TwinConfig):
         super().__init__()
         self.bert = JinaBertModel(c, add_pooling_layer=False)
@@ -241,13 +270,46 @@ class JinaBertForMaskedLM(nn.Module):
         return self.cls.predictions(self.bert(input_ids, attention_mask, token_type_ids))
 
 
+class JinaBertForPreTraining(nn.Module):
+    """(prediction logits, next-sentence logits)."""
+
+    def __init__(self, c: TwinConfig):
+        super().__init__()
+        self.bert = JinaBertModel(c)
+        self.cls = PreTrainingHeads(c)
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        pooled = self.bert.pooler(hidden)
+        return self.cls.predictions(hidden), self.cls.seq_relationship(pooled)
+
+
+class JinaBertForQuestionAnswering(nn.Module):
+    """`num_labels` outputs split into (start, end), as HF's BERT does."""
+
+    def __init__(self, c: TwinConfig):
+        super().__init__()
+        self.bert = JinaBertModel(c, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        logits = self.qa_outputs(self.bert(input_ids, attention_mask, token_type_ids))
+        start, end = logits.split(1, dim=-1)
+        return start.squeeze(-1), end.squeeze(-1)
+
+
+HEADS = {"base": JinaBertModel, "masked_lm": JinaBertForMaskedLM, "lm_head": JinaBertForMaskedLM,
+         "pretraining": JinaBertForPreTraining, "question_answering": JinaBertForQuestionAnswering}
+# transformers ties the decoder weight to the word embeddings and drops it on save; it drops the
+# decoder bias too, which the released remote code then reads as zeros.
 TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
-def build(hf_config: dict, masked_lm: bool = False, seed: int = 0) -> nn.Module:
-    """A twin with random weights (every tensor, LayerNorms included), in eval mode."""
-    c = TwinConfig(hf_config)
-    model = JinaBertForMaskedLM(c) if masked_lm else JinaBertModel(c)
+def build(hf_config: dict, head: str = "base", seed: int = 0) -> nn.Module:
+    """A twin with random weights (every tensor, LayerNorms included), in eval mode; the
+    decoder's bias equals `cls.predictions.bias`, as in the released checkpoints."""
+    model = HEADS[head](TwinConfig(hf_config))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -258,6 +320,8 @@ def build(hf_config: dict, masked_lm: bool = False, seed: int = 0) -> nn.Module:
                 p.copy_(0.5 * noise)
             else:
                 p.copy_(noise / math.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1 * noise)
+        if hasattr(model, "cls"):
+            model.cls.predictions.decoder.bias.copy_(model.cls.predictions.bias)
     return model.eval()
 
 
@@ -271,11 +335,11 @@ def save_twin(model: nn.Module, directory: Path, hf_config: dict, keep_tied: boo
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
 
 
-def load_twin(directory: Path, masked_lm: bool = False) -> nn.Module:
-    """Loads a checkpoint directory strictly, except for the tied decoder copies."""
+def load_twin(directory: Path, head: str = "base") -> nn.Module:
+    """Loads a checkpoint directory strictly, except for the tied decoder copies (a missing
+    decoder bias stays zero, as with the released remote code)."""
     hf_config = json.loads((directory / "config.json").read_text())
-    c = TwinConfig(hf_config)
-    model = JinaBertForMaskedLM(c) if masked_lm else JinaBertModel(c)
+    model = HEADS[head](TwinConfig(hf_config, directory))
     state = load_file(str(directory / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - set(TIED) or unexpected:
