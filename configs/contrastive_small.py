@@ -39,12 +39,12 @@ def get_config(arg: str | None = None) -> TrainConfig:
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         init_from=backbone.workdir,
         workdir="runs/contrastive-small",
-        steps=1200, log_every=20, eval_every=300,
+        steps=1000, log_every=20, eval_every=250,
     )
     if arg == "hardneg":
         config = dataclasses.replace(
             config, init_from=config.workdir, workdir="runs/contrastive-small-hardneg",
-            steps=300, eval_every=100,
+            steps=240, eval_every=120,
             data=dataclasses.replace(config.data, batch_size=64),
             optim=dataclasses.replace(config.optim, learning_rate=2e-4, warmup_steps=30),
             contrastive=dataclasses.replace(
