@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> TrainConfig:
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         init_from=backbone.workdir,
         workdir="runs/contrastive-small",
-        steps=1000, log_every=20, eval_every=250,
+        steps=1200, log_every=20, eval_every=300,
     )
     if arg == "hardneg":
         config = dataclasses.replace(
