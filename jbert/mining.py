@@ -70,7 +70,7 @@ def dense_negatives(embedder: Any, pairs: Sequence[dict], cfg: MiningConfig,
             candidates = []
             for j in top[lo:]:
                 if j == pos or doc_hash_N[j] == doc_hash_N[pos]:
-                    dropped["same_code"] += j != pos
+                    dropped["same_code"] += int(j != pos)
                 elif s_qN[r, j] > cfg.margin * pos_score:
                     dropped["above_margin"] += 1
                 else:
@@ -80,7 +80,7 @@ def dense_negatives(embedder: Any, pairs: Sequence[dict], cfg: MiningConfig,
             picked = rng.permutation(candidates)[:cfg.negatives] if candidates else []
             out.append({**pair, "negatives": [docs[j] for j in sorted(picked)]})
     stats = {"pairs": len(pairs), "documents": len(docs), "short": short,
-             **{f"dropped_{k}": v for k, v in dropped.items()}}
+             **{f"dropped_{k}": int(v) for k, v in dropped.items()}}
     return out, stats
 
 

@@ -42,6 +42,7 @@ def test_dense_negatives_keep_the_window_and_drop_false_negatives():
     assert sorted(negs) == ["doc2", "doc3", "doc4"]
     assert stats["dropped_same_code"] >= 1 and stats["dropped_above_margin"] >= 1
     assert all(p["positive"] not in p["negatives"] for p in mined)
+    json.dumps(stats)  # written to mining.json: plain Python numbers only
 
 
 def test_mining_config_refuses_a_window_too_small():

@@ -1,0 +1,46 @@
+"""The CPU research recipe (scripts/recipe_small.sh) as a few-step smoke run: every stage's
+command with the recipe's own configs, on a small data dir built from this Python's sources."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_small_recipe_chain_runs_end_to_end(tmp_path, capsys):
+    from jbert.data.corpus import default_sources
+    from jbert.data.prepare import PrepareConfig, prepare_data
+    from train import contrastive, evaluate, mine_negatives, pretrain
+
+    data = tmp_path / "data"
+    summary = prepare_data(default_sources(), data, PrepareConfig(
+        max_bytes=3 << 20, vocab_size=512, tokenizer_max_bytes=3 << 20, measure=False))
+    assert summary["pairs"]["pairs"]["test"]
+    small = [f"--config.data.dir={data}", "--config.model.vocab_size=512",
+             "--config.progress=false"]
+    mlm = pretrain.main(["--config", f"{ROOT}/configs/pretrain_small.py:smoke", *small,
+                         f"--config.workdir={tmp_path / 'mlm'}"])
+    assert mlm["status"] == "done" and mlm["data"]["excluded_heldout_repos"] > 0
+    tune = [f"--config.init_from={tmp_path / 'mlm'}", *small]
+    first = contrastive.main(["--config", f"{ROOT}/configs/contrastive_small.py:smoke", *tune,
+                              f"--config.workdir={tmp_path / 'c1'}"])
+    assert first["status"] == "done" and "retrieval_ndcg@10" in first["final_eval"]
+    mined = mine_negatives.main(["--model", str(tmp_path / "c1" / "export"), "--pairs",
+                                 str(data / "pairs"), "--out", str(data / "pairs-mined"),
+                                 "--max-pairs", "300", "--negatives", "2",
+                                 "--rank-window", "2", "50"])
+    assert mined["pairs"] == 300 and mined["short"] < 300
+    second = contrastive.main([
+        "--config", f"{ROOT}/configs/contrastive_small.py:hardneg", *small,
+        f"--config.init_from={tmp_path / 'c1'}", f"--config.workdir={tmp_path / 'c2'}",
+        f"--config.contrastive.sources={data / 'pairs-mined'}", "--config.steps=4",
+        "--config.eval_every=4", "--config.contrastive.hard_negatives=2"])
+    assert second["status"] == "done"
+    capsys.readouterr()
+    result = evaluate.main(["--model", str(tmp_path / "c2" / "export"), "--pairs",
+                            str(data / "pairs"), "--max_queries", "50"])
+    assert set(result["macro"]) == {"dense", "bm25", "rrf", "linear"}
+    assert json.loads(capsys.readouterr().out)["macro"] == result["macro"]
