@@ -6,13 +6,13 @@ Run:   python -m train.pretrain --config configs/pretrain_small.py
        then, hard negatives mined with that model and a short second pass from it:
        python -m train.mine_negatives --model runs/contrastive-small/export \\
            --pairs artifacts/data/pairs --out artifacts/data/pairs-mined \
-           --max-pairs 30000 --negatives 3
+           --max-pairs 15000 --negatives 3
        python -m train.contrastive --config configs/contrastive_small.py:hardneg
 Where: any CPU; measured on 2 shared cores.
 What:  InfoNCE over batches of 128 pairs (every query against every positive of the batch),
        symmetric code -> query term, temperature learned from 0.05; 32-token queries,
        128-token code. `:hardneg` continues from it at batch 64 with 3 dense-mined negatives
-       per pair (30,000 pairs mined).
+       per pair (15,000 pairs mined).
 Time:  see docs/results.md.
 Reach: macro nDCG@10 over the six held-out languages against BM25 on the same sets
        (docs/results.md).
@@ -39,12 +39,12 @@ def get_config(arg: str | None = None) -> TrainConfig:
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         init_from=backbone.workdir,
         workdir="runs/contrastive-small",
-        steps=1200, log_every=20, eval_every=300,
+        steps=900, log_every=20, eval_every=300,
     )
     if arg == "hardneg":
         config = dataclasses.replace(
             config, init_from=config.workdir, workdir="runs/contrastive-small-hardneg",
-            steps=240, eval_every=120,
+            steps=150, eval_every=75,
             data=dataclasses.replace(config.data, batch_size=64),
             optim=dataclasses.replace(config.optim, learning_rate=2e-4, warmup_steps=30),
             contrastive=dataclasses.replace(

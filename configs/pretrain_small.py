@@ -30,13 +30,13 @@ def small_model():
 def get_config(arg: str | None = None) -> TrainConfig:
     config = TrainConfig(
         model=small_model(),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=60, decay="linear",
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=30, decay="linear",
                           weight_decay=0.01, clip_norm=1.0),
         data=DataConfig(dir="artifacts/data", seq_len=128, batch_size=64, docs_per_chunk=256,
                         mask_rate=0.3, whole_word=True, max_predictions=20),
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         workdir="runs/pretrain-small",
-        steps=600, log_every=20, eval_every=200, eval_batches=8,
+        steps=300, log_every=20, eval_every=100, eval_batches=8,
     )
     if arg == "smoke":
         config = dataclasses.replace(config, steps=20, log_every=5, eval_every=10)

@@ -13,7 +13,7 @@ stage pretrain $PY -m train.pretrain --config configs/pretrain_small.py
 stage contrastive $PY -m train.contrastive --config configs/contrastive_small.py
 [ -d artifacts/data/pairs-mined ] || stage mine $PY -m train.mine_negatives \
     --model runs/contrastive-small/export --pairs artifacts/data/pairs \
-    --out artifacts/data/pairs-mined --max-pairs 30000 --negatives 3
+    --out artifacts/data/pairs-mined --max-pairs 15000 --negatives 3
 stage hardneg $PY -m train.contrastive --config configs/contrastive_small.py:hardneg
 stage evaluate $PY -m train.evaluate --model runs/contrastive-small-hardneg/export \
     --pairs artifacts/data/pairs --max_query_length 32 --max_doc_length 128 \

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 VOCAB_MULTIPLE = 64
@@ -57,22 +57,41 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     return SpecialIds(**found, all=tuple(sorted(specials)))
 
 
+# Identifier pieces: camelCase and ALLCAPS parts, digit runs, punctuation runs.
+IDENTIFIER_PIECES = r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\sA-Za-z\d]+"
+
+
+def identifier_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Whitespace dropped, identifiers cut into their words (`read_file`, `readFile` -> `read`,
+    `_`/`File`), each piece byte-level encoded without a space marker: the word `file` of a
+    docstring and the `file` of `read_file` become the same token."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Split(Regex(IDENTIFIER_PIECES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 61056,
     min_frequency: int = 2,
     special_tokens: Sequence[str] = SPECIAL_TOKENS,
     max_token_length: int | None = 32,
+    split_identifiers: bool = False,
 ) -> Tokenizer:
     """Trains a byte-level BPE on `texts`; the vocabulary is padded to a multiple of 64.
 
     A small corpus can end below `vocab_size`; `<unused{i}>` tokens then round it up, so the
-    embedding table always has a multiple-of-64 row count.
+    embedding table always has a multiple-of-64 row count. `split_identifiers` pre-tokenises
+    with `identifier_pre_tokenizer` (for retrieval: docstring words and identifier parts share
+    tokens; decoding then loses the whitespace); the default keeps every byte (GPT-2 split).
     """
     if vocab_size % VOCAB_MULTIPLE:
         raise ValueError(f"vocab_size {vocab_size} is not a multiple of {VOCAB_MULTIPLE}")
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (identifier_pre_tokenizer() if split_identifiers
+                         else pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
