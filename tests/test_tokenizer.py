@@ -99,3 +99,27 @@ def test_pretrained_tokenizer_fast_loads_it(tok, tmp_path):
     assert hf.mask_token_id == 4 and hf.pad_token_id == 1
     assert hf(CODE[1])["input_ids"] == tok.encode(CODE[1]).ids
     assert hf.decode(tok.encode(CODE[1]).ids, skip_special_tokens=True) == CODE[1]
+
+
+def test_split_identifiers_shares_tokens_between_docstrings_and_code(tmp_path):
+    texts = ["def read_file(path):\n    return open(path).read()\n",
+             "Reads the file at path.", "func ReadFile(name string) ([]byte, error) {",
+             "public String getHTTPResponse(int code) { return readFile(code); }"] * 40
+    split = train_tokenizer(texts, vocab_size=384, split_identifiers=True)
+    plain = train_tokenizer(texts, vocab_size=384)
+
+    def pieces(t, text):
+        return set(t.encode(text, add_special_tokens=False).tokens)
+
+    doc = "Reads the file at path."
+    # the docstring's words and the code's identifier parts are the same tokens
+    assert {"file", "path"} <= pieces(split, doc) & pieces(split, texts[0])
+    assert {"read", "_", "file"} <= pieces(split, "read_file")
+    assert {"File"} <= pieces(split, "ReadFile") and {"HTTP", "Response"} <= pieces(
+        split, "getHTTPResponse")
+    assert not {"file", "path"} <= pieces(plain, doc) & pieces(plain, texts[0])  # Ġfile, file
+    # one word per piece, as whole-word masking reads them
+    enc = split.encode("read_file(path)", add_special_tokens=False)
+    assert len(set(enc.word_ids)) == len(enc.tokens) == 6  # read _ file ( path )
+    save_tokenizer(split, tmp_path / "tok")
+    assert load_tokenizer(tmp_path / "tok").encode(doc).ids == split.encode(doc).ids
