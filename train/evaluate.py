@@ -14,9 +14,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="an HF export dir or a jbert run dir")
     parser.add_argument("--pairs", required=True, help="pairs dir/file/hub name")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max_pairs", type=int, default=None)

@@ -15,7 +15,8 @@ from jbert.train_config import usage_errors
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.prepare_corpus", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="artifacts/data", help="output directory")
     p.add_argument("--source", action="append", default=[], help="NAME=PATH[@DEPTH], repeatable")
     p.add_argument("--fetched", help="also walk what scripts/fetch_sources.sh put in this folder")

@@ -14,7 +14,8 @@ from jbert.train_config import parse_training_cli, usage_errors
 
 def main(argv: list[str] | None = None) -> dict:
     with usage_errors():
-        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
+        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__,
+                                    prog="python -m train.pretrain")
 
     import jax
 
