@@ -25,13 +25,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jbert import functional
+from jbert.errors import CorruptCheckpointError
 from jbert.state import State
 
 log = logging.getLogger(__name__)
-
-
-class CorruptCheckpointError(RuntimeError):
-    pass
 
 
 @jax.jit

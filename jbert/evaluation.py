@@ -169,7 +169,10 @@ def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
     from jbert.data.tokenizer import load_tokenizer
 
     path = Path(path)
-    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: neither an HF export (config.json, model.safetensors) "
+                                "nor a jbert run directory (config.json, checkpoints/)")
+    if not (path / "checkpoints").is_dir():
         from jbert.hf import load_pretrained
 
         config, params = load_pretrained(path, head="base")

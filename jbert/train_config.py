@@ -23,23 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from jbert.config import JinaBertConfig
+from jbert.errors import ConfigError, CorruptCheckpointError, InputError
 from jbert.optim import OptimConfig
 
-
-class ConfigError(ValueError):
-    """A bad config file, override or config value given by the user; names the culprit."""
+USER_ERRORS = (InputError, CorruptCheckpointError, FileNotFoundError, FileExistsError)
 
 
 @contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
+def usage_errors(*kinds: type[BaseException]) -> Iterator[None]:
     """Ends the program with one `error: ...` line on stderr and exit status 2 (as argparse does)
-    when the block raises a `ConfigError` or a missing/existing path error; `JBERT_DEBUG=1`
-    shows the traceback instead. Wrap only the reading of user input: a failure later (during
-    training) keeps its traceback.
+    when the block raises one of `kinds` (default `USER_ERRORS`: bad input, a corrupt checkpoint,
+    a missing/existing path); `JBERT_DEBUG=1` shows the traceback instead. Wrap only the reading
+    of user input: a failure later (during training) keeps its traceback, so `train()` is
+    wrapped with `InputError` and `CorruptCheckpointError` only (its checks at the start).
     """
+    caught = kinds or USER_ERRORS
     try:
         yield
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except caught as e:
         if os.environ.get("JBERT_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     from jbert.data.pair_batches import load_pairs
+    from jbert.errors import InputError
     from jbert.evaluation import evaluate_embeddings, load_encoder
     from jbert.train_config import usage_errors
 
     with usage_errors():
         config, params, tokenizer = load_encoder(args.model)
         pairs = load_pairs(args.pairs, args.split)
+        if not pairs:
+            raise InputError(f"--pairs {args.pairs}: no pairs in split {args.split!r} (empty)")
     result = evaluate_embeddings(
         config, params, tokenizer, pairs,
         max_pairs=args.max_pairs, max_query_length=args.max_query_length,

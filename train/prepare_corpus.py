@@ -11,6 +11,7 @@ import argparse
 
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
 from jbert.data.prepare import PrepareConfig, prepare_data
+from jbert.data.tokenizer import load_tokenizer
 from jbert.train_config import usage_errors
 
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     with usage_errors():
         sources = fetched_sources(a.fetched) if a.fetched else []
         sources += [parse_source(s) for s in a.source]
+        if a.tokenizer:  # checked before the corpus is built, not after
+            load_tokenizer(a.tokenizer)
     sources += [] if a.no_default_sources else default_sources()
     if not sources:
         p.error("no sources: drop --no-default-sources or give --source/--fetched")
