@@ -1,6 +1,7 @@
 """Faults a long run meets: kill -9, corrupted checkpoints, interrupted writers, bad inputs,
 untrusted data. Each fault and what it costs is listed in docs/reliability.md."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,10 +27,11 @@ from jbert.data import corpus as corpus_lib
 from jbert.data import pairs as pairs_lib
 from jbert.data.corpus import FileFilter, Source, build_corpus, iter_files
 from jbert.data.pairs import build_pairs
+from jbert.export import export_run
 from jbert.hf_export import save_pretrained
 from jbert.metrics import MetricsLogger
 from jbert.pretrain import ensure_data
-from jbert.train_config import DataConfig
+from jbert.train_config import ConfigError, DataConfig
 from jbert.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,6 +354,79 @@ def test_documents_longer_than_the_maximum_are_counted_not_read(tmp_path):
     assert stats.skipped == {"oversized": 1}
 
 
+
+# ----------------------------------------------------------------------------- config changes
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("change,field,advice", [
+    (dict(model=dict(hidden_size=64, intermediate_size=128)), "model.hidden_size 32 -> 64",
+     "its weights do not fit this model"),
+    pytest.param(dict(optim=dict(clip_norm=None)), "optim.clip_norm 1.0 -> None",
+                 "--config.init_from=", marks=pytest.mark.slow),
+], ids=["model", "optimiser"])
+def test_resume_after_a_config_change_names_it_and_moves_nothing(tmp_path, change, field,
+                                                                  advice):
+    """Not corruption: one error naming the differing arrays, the changed config fields and
+    what to do; the checkpoints, config.json and logs stay as they were."""
+    cfg = tiny_config(tmp_path, steps=3)
+    train(cfg, synthetic_task(cfg))
+    before = _tree(tmp_path)
+    saved_config = (tmp_path / "config.json").read_text()
+    changed = dataclasses.replace(cfg, **{
+        section: dataclasses.replace(getattr(cfg, section), **values)
+        for section, values in change.items()})
+    with pytest.raises(ConfigError) as error:
+        train(changed, synthetic_task(changed))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"cannot resume: checkpoint {tmp_path / 'checkpoints' / '3'} holds another" in message
+    assert field in message and advice in message and "Nothing was moved" in message
+    shapes = "(32,) float32 in the checkpoint, (64,) float32 now" if "model" in change else (
+        "opt_state/0/0/count: not in the checkpoint")
+    assert shapes in message
+    assert _tree(tmp_path) == before and (tmp_path / "config.json").read_text() == saved_config
+    assert not (tmp_path / "checkpoints.unreadable").exists()
+
+
+@pytest.mark.parametrize("how", ["fingerprint", pytest.param("flip", marks=pytest.mark.slow)])
+def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how):
+    """Export and `init_from` read only the params; they check them like a resume and refuse
+    the checkpoint by name, writing nothing. Flipped data files: tensorstore's checksums catch
+    them. Flips those miss: only the state fingerprint can, simulated by editing it."""
+    cfg = tiny_config(tmp_path / "run", steps=3)
+    train(cfg, synthetic_task(cfg))
+    step3 = tmp_path / "run" / "checkpoints" / "3"
+    if how == "fingerprint":
+        meta = step3 / "meta" / "metadata"
+        record = json.loads(meta.read_text())
+        record["fingerprint"][-3] += 1  # the last params leaf (rng and step follow)
+        meta.write_text(json.dumps(record))
+        match = rf"checkpoint {step3}: contents differ from what was saved in \['params'\]"
+    else:
+        for path in (p for p in (step3 / "state").rglob("*") if p.parent.name == "d"):
+            _corrupt(path, "flip")
+        match = rf"checkpoint {step3}: unreadable \(ValueError: DATA_LOSS"
+    with pytest.raises(CorruptCheckpointError, match=match):
+        export_run(tmp_path / "run", tmp_path / "export", head="base")
+    fresh = tiny_config(tmp_path / "tuned", steps=3, init_from=str(tmp_path / "run"))
+    with pytest.raises(CorruptCheckpointError, match=match):
+        train(fresh, synthetic_task(fresh))
+    assert not (tmp_path / "export").exists() and not (tmp_path / "tuned").exists()
+
+
+def test_missing_or_unusable_init_from_is_named_and_nothing_is_written(tmp_path):
+    for source, culprit in [(tmp_path / "nowhere", "no such directory"),
+                            (tmp_path, "neither an HF export")]:
+        cfg = tiny_config(tmp_path / "run", steps=3, init_from=str(source))
+        with pytest.raises(ConfigError, match=f"init_from={source}: {culprit}"):
+            train(cfg, synthetic_task(cfg))
+        assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- torn logs
 
 
@@ -479,3 +554,32 @@ def test_prepare_corpus_checks_the_tokenizer_before_building_anything(tmp_path, 
     err = capsys.readouterr().err
     assert err == f"error: no tokenizer.json in tokenizer directory '{tmp_path / 'tok'}'\n"
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("source,culprit", [
+    ("empty", "empty.jsonl: 0 pairs, fewer than one batch of 64"),
+    ("latin-1", "{file}:1: not UTF-8 text"),
+    ("no query", "{file}:1: key 'query' missing"),
+])
+def test_contrastive_training_on_a_bad_pairs_file_stops_before_writing(tmp_path, tiny_export,
+                                                                        source, culprit, capsys,
+                                                                        monkeypatch):
+    from train.contrastive import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_export, data / "tokenizer")
+    (data / "pairs").mkdir()
+    (data / "pairs" / "test.jsonl").write_text(
+        json.dumps({"query": "adds two numbers", "positive": "def f(x): return x + 2"}) + "\n")
+    file = tmp_path / f"{source.replace(' ', '-')}.jsonl"
+    file.write_bytes({"empty": b"", "latin-1": '{"query": "café"}\n'.encode("latin-1"),
+                      "no query": b'{"positive": "p"}\n'}[source])
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(ROOT / "configs" / "contrastive_tiny.py"),
+              f"--config.data.dir={data}", f"--config.contrastive.sources={file}",
+              f"--config.workdir={tmp_path / 'run'}", "--config.init_from=none"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + culprit.format(file=file)) and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
