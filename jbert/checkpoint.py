@@ -85,13 +85,13 @@ def structure(tree: Any) -> Structure:
 
 def structure_differences(saved: Structure, wanted: Structure) -> list[str]:
     """What differs between a checkpoint's tree and the one asked for, parameters first."""
-    def show(path, leaf=None):
-        return "/".join(path) + (f" {leaf[0]} {leaf[1]}" if leaf else "")
+    def array(leaf: tuple[tuple[int, ...], str]) -> str:
+        return f"{leaf[0]} {leaf[1]}"
 
-    out = [f"{show(p)}: {show((), saved[p])[1:]} in the checkpoint, {show((), wanted[p])[1:]} now"
+    out = [f"{'/'.join(p)}: {array(saved[p])} in the checkpoint, {array(wanted[p])} now"
            for p in saved.keys() & wanted.keys() if saved[p] != wanted[p]]
-    out += [f"{show(p)}: only in the checkpoint" for p in saved.keys() - wanted.keys()]
-    out += [f"{show(p)}: not in the checkpoint" for p in wanted.keys() - saved.keys()]
+    out += [f"{'/'.join(p)}: only in the checkpoint" for p in saved.keys() - wanted.keys()]
+    out += [f"{'/'.join(p)}: not in the checkpoint" for p in wanted.keys() - saved.keys()]
     return sorted(out, key=lambda line: (not line.startswith("params/"), line))
 
 
