@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jbert.data.jsonl import iter_jsonl
+from jbert.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict]:
     for where, row in iter_jsonl(path):
         missing = [k for k in fields if not isinstance(row, dict) or k not in row]
         if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}")
+            raise InputError(f"{where}: missing field(s) {missing}")
         rows.append(row)
     return rows
 
@@ -65,7 +66,7 @@ def load_beir(path: str | os.PathLike, split: str = "test", name: str | None = N
             if n == 1 and len(cols) == 3 and not cols[2].lstrip("-").isdigit():
                 continue  # the header
             if len(cols) != 3 or not cols[2].lstrip("-").isdigit():
-                raise ValueError(f"{qrels_path}:{n}: expected query-id, corpus-id, integer score")
+                raise InputError(f"{qrels_path}:{n}: expected query-id, corpus-id, integer score")
             if int(cols[2]) > 0:
                 qrels[cols[0]][cols[1]] = int(cols[2])
     corpus = _read_jsonl(root / "corpus.jsonl", ("_id", "text"))
@@ -76,7 +77,7 @@ def load_beir(path: str | os.PathLike, split: str = "test", name: str | None = N
     known = set(doc_ids)
     unknown = sorted({d for rel in qrels.values() for d in rel} - known)
     if unknown:
-        raise ValueError(f"{qrels_path}: {len(unknown)} corpus-id(s) not in corpus.jsonl, "
+        raise InputError(f"{qrels_path}: {len(unknown)} corpus-id(s) not in corpus.jsonl, "
                          f"e.g. {unknown[0]!r}")
     queries = [r for r in _read_jsonl(root / "queries.jsonl", ("_id", "text"))
                if str(r["_id"]) in qrels]

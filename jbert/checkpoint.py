@@ -7,9 +7,14 @@ committed it, so a run killed mid-save resumes from the previous complete one.
 
 Orbax does not notice flipped bytes in a committed checkpoint (it restores them), so `meta`
 also holds a fingerprint of the state (a wrap-around sum of each leaf's bits), checked on
-restore. `restore_latest` reports an unreadable or mismatching checkpoint by name, moves it
-aside to `<directory>.unreadable/` (so neither orbax's garbage collection nor the next save of
-that step touches it) and falls back to the previous one.
+restore, by `restore_latest` and by the weights-only `restore_weights` alike. `restore_latest`
+reports an unreadable or mismatching checkpoint by name, moves it aside to
+`<directory>.unreadable/` (so neither orbax's garbage collection nor the next save of that step
+touches it) and falls back to the previous one.
+
+A checkpoint of another state tree (the model or optimiser config changed since it was saved)
+is not corrupt: it is told apart by the saved tree's metadata before anything is read, and
+`restore_latest` stops with `StructureMismatchError`, moving nothing.
 """
 
 from __future__ import annotations
@@ -22,16 +27,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jbert import functional
+from jbert.errors import ConfigError, CorruptCheckpointError
 from jbert.state import State
 
 log = logging.getLogger(__name__)
-
-
-class CorruptCheckpointError(RuntimeError):
-    pass
 
 
 @jax.jit
@@ -46,6 +50,61 @@ def _leaf_sums(state: Any) -> list[jax.Array]:
 def fingerprint(state: State) -> list[int]:
     """One uint32 per leaf: the wrap-around sum of its bits (any single flipped word shows)."""
     return [int(x) for x in jax.device_get(_leaf_sums(state))]
+
+
+def _check_fingerprint(tree: Any, expected: list[int], where: Path, prefix: str = "") -> None:
+    bad = [prefix + jax.tree_util.keystr(path) for (path, _), want, got in zip(
+        jax.tree_util.tree_leaves_with_path(tree), expected, fingerprint(tree), strict=True)
+        if want != got]
+    if bad:
+        raise CorruptCheckpointError(f"checkpoint {where}: contents differ from what was saved "
+                                     f"in {', '.join(bad)}")
+
+
+def _unreadable(where: Path, error: Exception) -> CorruptCheckpointError:
+    first_line = (str(error).splitlines() or [""])[0][:200]
+    return CorruptCheckpointError(f"checkpoint {where}: unreadable ({type(error).__name__}: "
+                                  f"{first_line})")
+
+
+Structure = dict[tuple[str, ...], tuple[tuple[int, ...], str]]  # leaf path -> (shape, dtype)
+
+
+def structure(tree: Any) -> Structure:
+    """Shape and dtype of every leaf by path, for abstract states and orbax metadata alike
+    (orbax stores list indices and namedtuple fields as dict keys: paths are plain strings)."""
+    def name(key) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {tuple(name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def structure_differences(saved: Structure, wanted: Structure) -> list[str]:
+    """What differs between a checkpoint's tree and the one asked for, parameters first."""
+    def array(leaf: tuple[tuple[int, ...], str]) -> str:
+        return f"{leaf[0]} {leaf[1]}"
+
+    out = [f"{'/'.join(p)}: {array(saved[p])} in the checkpoint, {array(wanted[p])} now"
+           for p in saved.keys() & wanted.keys() if saved[p] != wanted[p]]
+    out += [f"{'/'.join(p)}: only in the checkpoint" for p in saved.keys() - wanted.keys()]
+    out += [f"{'/'.join(p)}: not in the checkpoint" for p in wanted.keys() - saved.keys()]
+    return sorted(out, key=lambda line: (not line.startswith("params/"), line))
+
+
+class StructureMismatchError(ConfigError):
+    """A checkpoint holds another state tree than the config builds: a config change (model,
+    optimiser, head), not corruption."""
+
+    def __init__(self, step_dir: Path, differences: list[str]):
+        self.step_dir, self.differences = step_dir, differences
+        self.params_changed = any(d.startswith("params/") for d in differences)
+        more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
+        super().__init__(f"checkpoint {step_dir} holds another state than this config builds "
+                         f"({'; '.join(differences[:3])}{more})")
 
 
 class Checkpointer:
@@ -80,20 +139,35 @@ class Checkpointer:
         state, meta = restored["state"], restored["meta"]
         expected = meta.pop("fingerprint", None)  # None: written before fingerprints existed
         if expected is not None:
-            bad = [jax.tree_util.keystr(path) for (path, _), want, got in zip(
-                jax.tree_util.tree_leaves_with_path(state), expected, fingerprint(state),
-                strict=True) if want != got]
-            if bad:
-                raise CorruptCheckpointError(f"contents differ from what was saved in {bad}")
+            _check_fingerprint(state, expected, self.directory / str(step))
         return state, restored["data"], meta
+
+    def saved_structure(self, step: int) -> Structure:
+        """Shapes and dtypes of a step's saved state, from orbax's metadata (no array read)."""
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            return structure(handler.metadata(epath.Path(self.directory / str(step) / "state")))
+        except Exception as e:  # tensorstore's checksums cover the metadata too
+            raise _unreadable(self.directory / str(step), e) from e
+        finally:
+            handler.close()
 
     def restore_latest(self, abstract_state: State) -> tuple[int, State, dict, dict] | None:
         """(step, state, data state, meta) of the newest checkpoint that reads back intact.
 
-        Unreadable ones are logged by path, moved aside and skipped; None if none is left.
+        Unreadable ones are logged by path, moved aside and skipped; None if none is left. A
+        checkpoint of another state tree raises `StructureMismatchError` and moves nothing.
         """
         unreadable: list[tuple[int, str, str]] = []  # (step, moved to, error)
+        wanted = structure(abstract_state)
         for step in sorted(self.all_steps(), reverse=True):
+            try:
+                saved = self.saved_structure(step)
+            except CorruptCheckpointError:  # reported below, as the restore fails too
+                saved = None
+            if saved is not None and saved != wanted:
+                raise StructureMismatchError(self.directory / str(step),
+                                             structure_differences(saved, wanted))
             try:
                 return (step, *self.restore(step, abstract_state))
             except Exception as e:  # tensorstore, JSON and fingerprint errors alike
@@ -126,15 +200,37 @@ class Checkpointer:
         return restored["meta"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the parameters (weights-only initialisation from another run)."""
+        """Only the parameters (weights-only initialisation from another run, export), checked
+        like a full restore: the tree first (`StructureMismatchError`), then the contents
+        against the state fingerprint (`CorruptCheckpointError`)."""
+        where = self.directory / str(step)
         target = {"params": abstract_params}
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            restored = checkpointer.restore(
-                self.directory / str(step) / "state",
-                args=ocp.args.PyTreeRestore(
-                    item=target, partial_restore=True,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-        return restored["params"]
+        saved = self.saved_structure(step)
+        saved_params = {path: leaf for path, leaf in saved.items() if path[0] == "params"}
+        if saved_params != structure(target):
+            raise StructureMismatchError(where, structure_differences(saved_params,
+                                                                      structure(target)))
+        try:
+            with ocp.PyTreeCheckpointer() as checkpointer:
+                restored = checkpointer.restore(
+                    where / "state",
+                    args=ocp.args.PyTreeRestore(
+                        item=target, partial_restore=True,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+        except Exception as e:  # tensorstore's checksums, truncated files
+            raise _unreadable(where, e) from e
+        params = restored["params"]
+        expected = self.restore_meta(step).get("fingerprint")
+        if expected is not None:
+            if len(saved) != len(expected):
+                raise CorruptCheckpointError(f"checkpoint {where}: its fingerprint lists "
+                                             f"{len(expected)} arrays, its state has {len(saved)}")
+            # The fingerprint lists the state's leaves in JAX's order, top-level keys sorted:
+            # the parameters' leaves come after those of every key that sorts before "params".
+            start = sum(path[0] < "params" for path in saved)
+            _check_fingerprint(params, expected[start:start + len(saved_params)], where,
+                               prefix="['params']")
+        return params
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

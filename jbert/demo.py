@@ -27,7 +27,7 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
     from jbert.beir import pairs_to_sets
     from jbert.contrastive import contrastive_task
     from jbert.data.pair_batches import load_pairs
-    from jbert.evaluation import evaluate_retrieval
+    from jbert.evaluation import evaluate_retrieval, load_encoder
     from jbert.export import export_run
     from jbert.pretrain import mlm_task
     from jbert.sharding import make_mesh
@@ -60,8 +60,9 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
     sets = pairs_to_sets(load_pairs(Path(mlm.data.dir) / "pairs", "test"))
     lengths = dict(max_query_length=tune.contrastive.max_query_length,
                    max_doc_length=tune.contrastive.max_doc_length)
-    untuned = evaluate_retrieval(mlm.workdir, sets, bm25=False, **lengths)["macro"]
-    tuned = evaluate_retrieval(export_dir, sets, **lengths)["macro"]
+    untuned = evaluate_retrieval(load_encoder(mlm.workdir), sets, bm25=False,
+                                 **lengths)["macro"]
+    tuned = evaluate_retrieval(load_encoder(export_dir), sets, **lengths)["macro"]
     headline = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
     result = {
         "data_dir": mlm.data.dir, "pretrain_dir": mlm.workdir, "contrastive_dir": tune.workdir,

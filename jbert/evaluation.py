@@ -73,7 +73,10 @@ def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
     from jbert.data.tokenizer import load_tokenizer
 
     path = Path(path)
-    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: neither an HF export (config.json, model.safetensors) "
+                                "nor a jbert run directory (config.json, checkpoints/)")
+    if not (path / "checkpoints").is_dir():
         from jbert.hf import load_pretrained
 
         config, params = load_pretrained(path, head="base")
@@ -257,14 +260,13 @@ def logged_metrics(result: dict) -> dict[str, float]:
     return out
 
 
-def evaluate_retrieval(model: str | Path | None, sets: Sequence[Any], *, bm25: bool = True,
-                       max_query_length: int = 64, max_doc_length: int = 256,
+def evaluate_retrieval(encoder: tuple[Any, Any, Any] | None, sets: Sequence[Any], *,
+                       bm25: bool = True, max_query_length: int = 64, max_doc_length: int = 256,
                        linear: bool = True) -> dict:
-    """Dense (`model`: an HF export or a jbert run dir; None for BM25 alone), BM25 and hybrid
-    figures on retrieval sets: `{"sets", "macro", "sizes"}` as `SetEvaluator` gives them."""
-    config = params = tokenizer = None
-    if model is not None:
-        config, params, tokenizer = load_encoder(model)
+    """Dense (`encoder`: `(config, params, tokenizer)` as `load_encoder` gives them; None for
+    BM25 alone), BM25 and hybrid figures on retrieval sets: `{"sets", "macro", "sizes"}` as
+    `SetEvaluator` gives them."""
+    config, params, tokenizer = encoder if encoder is not None else (None, None, None)
     evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
                              max_doc_length=max_doc_length, bm25=bm25)
     return evaluator(params, linear=linear)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbert.config import JinaBertConfig
+from jbert.errors import InputError
 from jbert.functional import Params, abstract_params, init_params
 
 SAFETENSORS = "model.safetensors"
@@ -43,7 +44,7 @@ _TIED = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that does not fit the model: names every culprit."""
 
 
@@ -101,7 +102,7 @@ class _Tensors:
     """The tensors of a checkpoint directory by name, read lazily (shapes come from headers)."""
 
     def __init__(self, directory: Path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.directory = directory
         single, index = directory / SAFETENSORS, directory / SAFETENSORS_INDEX
@@ -126,7 +127,13 @@ class _Tensors:
         self.location: dict[str, str] = {}
         self.shape: dict[str, tuple[int, ...]] = {}
         for file in files:
-            with safe_open(directory / file, framework="np") as f:
+            try:
+                f = safe_open(directory / file, framework="np")
+            except (SafetensorError, OSError) as e:  # a header that does not cover the file
+                raise CheckpointError(f"{directory / file}: not a readable safetensors file "
+                                      f"({e}); truncated or damaged, write or fetch it "
+                                      "again") from e
+            with f:
                 for name in f.keys():
                     if name in self.location:
                         raise CheckpointError(f"{name} is in both {self.location[name]} and {file}")

@@ -7,7 +7,9 @@ position, a stop on non-finite numbers that keeps the last good checkpoint, and 
 SIGTERM (preemption notice).
 
 Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_from` (weights
-only, fresh optimizer and data), which beats fresh initialisation.
+only, fresh optimizer and data), which beats fresh initialisation. Nothing is written before
+the start is settled: a config that no longer fits the checkpoints, a bad `init_from` or bad
+training data stop the run with a `ConfigError`/`InputError` and leave the workdir as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import jax
 import numpy as np
 
 from jbert import functional
-from jbert.checkpoint import Checkpointer, restore_weights
+from jbert.checkpoint import Checkpointer, StructureMismatchError, restore_weights
+from jbert.errors import ConfigError, InputError
 from jbert.metrics import MetricsLogger, peak_flops_per_device
 from jbert.optim import learning_rate_schedule, make_optimizer
 from jbert.sharding import batch_sharding, make_mesh
@@ -102,24 +105,66 @@ def check_batch_layout(cfg: TrainConfig, mesh) -> int:
 
 
 def init_params_from(source: str, config, head: str) -> Any:
-    """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir."""
+    """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir;
+    a source that cannot give them is a `ConfigError` naming `init_from`."""
     path = Path(source)
-    # A run dir has a config.json too (its TrainConfig); its checkpoints/ decide.
-    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
-        from jbert.heads import HEADS
-        from jbert.hf import load_pretrained
-
-        # A training-only head (contrastive) starts from the export's encoder.
-        hf_head = head if head in HEADS else "base"
-        _, params = load_pretrained(path, head=hf_head)
-        return params if hf_head == head else transplant_encoder(params, config, head)
-    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not path.is_dir():
+        raise ConfigError(f"init_from={source}: no such directory (give an HF export or a "
+                          "jbert run directory)")
     try:
+        # A run dir has a config.json too (its TrainConfig); its checkpoints/ decide.
+        if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
+            from jbert.heads import HEADS
+            from jbert.hf import load_pretrained
+
+            # A training-only head (contrastive) starts from the export's encoder.
+            hf_head = head if head in HEADS else "base"
+            _, params = load_pretrained(path, head=hf_head)
+            return params if hf_head == head else transplant_encoder(params, config, head)
+        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         params, _, _ = restore_weights(ckpt_dir, config)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"init_from={source}: neither an HF export (config.json) nor "
-                                f"a directory with orbax checkpoints ({e})") from None
+        raise ConfigError(f"init_from={source}: neither an HF export (config.json) nor "
+                          f"a directory with orbax checkpoints ({e})") from None
+    except InputError as e:  # a bad export, or weights of another model
+        raise ConfigError(f"init_from={source}: {e}") from e
     return transplant_encoder(params, config, head)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> str:
+    """One line for a resume whose config no longer builds the checkpointed state: what differs,
+    the config fields changed since the run's `config.json`, and how to go on."""
+    saved_file = Path(cfg.workdir) / "config.json"
+    changed = []
+    if saved_file.is_file():
+        old, new = _flat(json.loads(saved_file.read_text())), _flat(json.loads(to_json(cfg)))
+        changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                   if k.split(".")[0] in ("model", "optim", "contrastive")
+                   and old.get(k) != new.get(k)]
+    cause = (f"; changed since {saved_file}: {', '.join(changed)}" if changed else
+             f"; {saved_file} records no change to model.*, optim.* or contrastive.* (another "
+             "head, or another jbert version?)")
+    if error.params_changed:
+        advice = ("its weights do not fit this model: resume with the config it was saved with, "
+                  "or start afresh in a new --config.workdir")
+    else:
+        advice = ("to keep its weights with a fresh optimiser, start a new --config.workdir with "
+                  f"--config.init_from={cfg.workdir}; or resume with the config it was saved with")
+    return f"cannot resume: {error}{cause}. Nothing was moved; {advice}"
+
+
+def _has_checkpoints(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def transplant_encoder(params: Any, config, head: str) -> Any:
@@ -165,7 +210,6 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
     `cfg.steps`): runs split into time-limited chunks, and the resume tests.
     """
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     local_rows = check_batch_layout(cfg, mesh)
     tx = make_optimizer(cfg.optim, cfg.steps)
@@ -173,28 +217,44 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
     model_config = cfg.model
     abstract = abstract_with_shardings(mesh, model_config, task.head, tx)
     state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save)
     summarize = task.summarize or default_summary
 
+    def make_checkpointer() -> Checkpointer:
+        return Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
+                            async_save=cfg.checkpoint.async_save)
+
     # Newest checkpoint that reads back intact; unreadable ones are reported and set aside.
-    restored = checkpointer.restore_latest(abstract)
-    data_state = None
-    if restored is not None:
-        latest, state, data_state, _ = restored
-        origin = f"resumed from step {latest}"
-    elif cfg.init_from:
-        params = init_params_from(cfg.init_from, model_config, task.head)
-        state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params)
-        origin = f"weights from {cfg.init_from}"
-    else:
-        state = init_state(mesh, model_config, task.head, tx, cfg.seed)
-        origin = "fresh initialisation"
+    # Until the data iterator exists nothing is written (the checkpointer creates its dir).
+    checkpointer = make_checkpointer() if _has_checkpoints(workdir / "checkpoints") else None
+    try:
+        restored = None
+        if checkpointer is not None:
+            try:
+                restored = checkpointer.restore_latest(abstract)
+            except StructureMismatchError as e:
+                raise ConfigError(config_change_message(cfg, e)) from None
+        data_state = None
+        if restored is not None:
+            latest, state, data_state, _ = restored
+            origin = f"resumed from step {latest}"
+        elif cfg.init_from:
+            params = init_params_from(cfg.init_from, model_config, task.head)
+            state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params)
+            origin = f"weights from {cfg.init_from}"
+        else:
+            state = init_state(mesh, model_config, task.head, tx, cfg.seed)
+            origin = "fresh initialisation"
+        data = task.train_data(jax.process_index(), jax.process_count(), data_state)
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
     start_step = int(state["step"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = checkpointer or make_checkpointer()
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(to_json(cfg))
 
-    data = task.train_data(jax.process_index(), jax.process_count(), data_state)
     batch_sh = batch_sharding(mesh)
     step_fn = jit_train_step(task.loss_fn, tx, state_sh, batch_sh, grad_accum=cfg.grad_accum,
                              skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn)

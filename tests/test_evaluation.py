@@ -9,7 +9,13 @@ from jbert import functional
 from jbert.beir import pairs_to_sets
 from jbert.config import preset
 from jbert.data.tokenizer import tokenize_texts, train_tokenizer
-from jbert.evaluation import BM25Index, code_tokens, evaluate_retrieval, per_query_metrics
+from jbert.evaluation import (
+    BM25Index,
+    code_tokens,
+    evaluate_retrieval,
+    load_encoder,
+    per_query_metrics,
+)
 from jbert.hf_export import save_pretrained
 from jbert.mining import bm25_negatives
 
@@ -47,7 +53,8 @@ def test_evaluate_retrieval_gives_the_encoders_own_figures(tmp_path):
              "language": "Python"}
             for i, verb in enumerate(["add", "read", "sum", "load", "sort", "join", "find"])]
     sets = pairs_to_sets(many)
-    out = evaluate_retrieval(tmp_path / "export", sets, max_query_length=16, max_doc_length=16)
+    out = evaluate_retrieval(load_encoder(tmp_path / "export"), sets, max_query_length=16,
+                             max_doc_length=16)
 
     def embed(texts):
         rows = tokenize_texts(tok, texts, 16)

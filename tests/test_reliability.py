@@ -1,10 +1,12 @@
 """Faults a long run meets: kill -9, corrupted checkpoints, interrupted writers, bad inputs,
 untrusted data. Each fault and what it costs is listed in docs/reliability.md."""
 
+import dataclasses
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,15 +21,20 @@ import pytest
 from helpers.synthetic import synthetic_task, tiny_config
 
 from jbert import functional, hf_export
-from jbert.checkpoint import CorruptCheckpointError
+from jbert.checkpoint import Checkpointer, CorruptCheckpointError
 from jbert.config import preset
 from jbert.data import corpus as corpus_lib
 from jbert.data import pairs as pairs_lib
 from jbert.data.corpus import FileFilter, Source, build_corpus, iter_files
 from jbert.data.pairs import build_pairs
+from jbert.export import export_run
 from jbert.hf_export import save_pretrained
+from jbert.metrics import MetricsLogger
+from jbert.optim import make_optimizer
 from jbert.pretrain import ensure_data
-from jbert.train_config import DataConfig
+from jbert.sharding import make_mesh
+from jbert.state import init_state
+from jbert.train_config import ConfigError, DataConfig, TrainConfig, to_json
 from jbert.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,3 +356,246 @@ def test_documents_longer_than_the_maximum_are_counted_not_read(tmp_path):
     assert [r["path"] for r in records] == ["pkg/small.py"]
     assert stats.skipped == {"oversized": 1}
 
+
+
+# ----------------------------------------------------------------------------- config changes
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> None:
+    """What `train` leaves in a workdir (config.json, a checkpoint of step `step` with its
+    meta), without compiling a train step: the faults below happen before the first step."""
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    state = init_state(make_mesh(cfg.mesh.data), cfg.model, "masked_lm", tx, cfg.seed)
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.workdir) / "config.json").write_text(to_json(cfg))
+    checkpointer = Checkpointer(Path(cfg.workdir) / "checkpoints")
+    checkpointer.save(step, state, {"position": step}, {"step": step, "head": "masked_lm"})
+    checkpointer.close()
+
+
+@pytest.mark.parametrize("change,field,advice", [
+    (dict(model=dict(hidden_size=64, intermediate_size=128)), "model.hidden_size 32 -> 64",
+     "its weights do not fit this model"),
+    pytest.param(dict(optim=dict(clip_norm=None)), "optim.clip_norm 1.0 -> None",
+                 "--config.init_from=", marks=pytest.mark.slow),
+], ids=["model", "optimiser"])
+def test_resume_after_a_config_change_names_it_and_moves_nothing(tmp_path, change, field,
+                                                                  advice):
+    """Not corruption: one error naming the differing arrays, the changed config fields and
+    what to do; the checkpoints, config.json and logs stay as they were."""
+    cfg = tiny_config(tmp_path, steps=3)
+    _checkpointed_run(cfg)
+    before = _tree(tmp_path)
+    saved_config = (tmp_path / "config.json").read_text()
+    changed = dataclasses.replace(cfg, **{
+        section: dataclasses.replace(getattr(cfg, section), **values)
+        for section, values in change.items()})
+    with pytest.raises(ConfigError) as error:
+        train(changed, synthetic_task(changed))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"cannot resume: checkpoint {tmp_path / 'checkpoints' / '3'} holds another" in message
+    assert field in message and advice in message and "Nothing was moved" in message
+    shapes = "(32,) float32 in the checkpoint, (64,) float32 now" if "model" in change else (
+        "opt_state/0/0/count: not in the checkpoint")
+    assert shapes in message
+    assert _tree(tmp_path) == before and (tmp_path / "config.json").read_text() == saved_config
+    assert not (tmp_path / "checkpoints.unreadable").exists()
+
+
+@pytest.mark.parametrize("how", ["fingerprint", pytest.param("flip", marks=pytest.mark.slow)])
+def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how):
+    """Export and `init_from` read only the params; they check them like a resume and refuse
+    the checkpoint by name, writing nothing. Flipped data files: tensorstore's checksums catch
+    them. Flips those miss: only the state fingerprint can, simulated by editing it."""
+    _checkpointed_run(tiny_config(tmp_path / "run", steps=3))
+    step3 = tmp_path / "run" / "checkpoints" / "3"
+    if how == "fingerprint":
+        meta = step3 / "meta" / "metadata"
+        record = json.loads(meta.read_text())
+        record["fingerprint"][-3] += 1  # the last params leaf (rng and step follow)
+        meta.write_text(json.dumps(record))
+        # Exactly that leaf: every other params leaf matches its slice of the fingerprint.
+        match = (rf"checkpoint {step3}: contents differ from what was saved in \['params'\]"
+                 r"\['cls'\]\['predictions'\]\['transform'\]\['dense'\]\['kernel'\]$")
+    else:
+        for path in (p for p in (step3 / "state").rglob("*") if p.parent.name == "d"):
+            _corrupt(path, "flip")
+        match = rf"checkpoint {step3}: unreadable \(ValueError: DATA_LOSS"
+    with pytest.raises(CorruptCheckpointError, match=match):
+        export_run(tmp_path / "run", tmp_path / "export", head="base")
+    fresh = tiny_config(tmp_path / "tuned", steps=3, init_from=str(tmp_path / "run"))
+    with pytest.raises(CorruptCheckpointError, match=match):
+        train(fresh, synthetic_task(fresh))
+    assert not (tmp_path / "export").exists() and not (tmp_path / "tuned").exists()
+
+
+def test_missing_or_unusable_init_from_is_named_and_nothing_is_written(tmp_path):
+    for source, culprit in [(tmp_path / "nowhere", "no such directory"),
+                            (tmp_path, "neither an HF export")]:
+        cfg = tiny_config(tmp_path / "run", steps=3, init_from=str(source))
+        with pytest.raises(ConfigError, match=f"init_from={source}: {culprit}"):
+            train(cfg, synthetic_task(cfg))
+        assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- torn logs
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from jbert.metrics import MetricsLogger
+logger = MetricsLogger(sys.argv[1], total_steps=10, start_step=0, progress=False)
+for step in (1, 2, 3):
+    logger.write(step, {"loss": 1.0 / step})
+write = logger._file.write
+def half_then_killed(text):  # the kill lands inside this write: half the record is on disk
+    write(text[: len(text) // 2])
+    logger._file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+logger._file.write = half_then_killed
+logger.write(4, {"loss": 0.25, "note": "ü" * 40})
+"""
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_reopen(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    lines = (tmp_path / "metrics.jsonl").read_bytes().split(b"\n")
+    assert len(lines) == 4 and lines[3].startswith(b'{"step": 4')  # torn: no newline, no end
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=3, progress=False)
+    logger.write(4, {"loss": 0.25})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # A last record complete but for its newline is kept.
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}')
+    MetricsLogger(tmp_path, total_steps=10, start_step=2, progress=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_logs_that_are_not_a_terminal_get_one_plain_line_per_record(tmp_path, capsys):
+    logger = MetricsLogger(tmp_path, total_steps=100, start_step=0, prefix="masked_lm")
+    for step in range(1, 101):
+        if step % 10 == 0:
+            logger.write(step, {"loss": 2.0, "tokens_per_s": 1234.5})
+        logger.advance(step)
+    logger.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 10 and lines[0] == "[masked_lm] step 10/100 loss=2 tokens_per_s=1234"
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    from jbert.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([f"def f{i}(x):\n    return x + {i}\n" for i in range(100)],
+                                vocab_size=128)
+    config = tiny_config("unused").model
+    params = functional.init_params(config, jax.random.key(0), "base")
+    return save_pretrained(tmp_path_factory.mktemp("export") / "export", config, params,
+                           tokenizer=tokenizer)
+
+
+def _bad_copy(export: Path, to: Path, how: str) -> Path:
+    shutil.copytree(export, to)
+    weights = to / "model.safetensors"
+    if how == "no weights":
+        weights.unlink()
+    elif how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "no tokenizer.json":
+        (to / "tokenizer.json").unlink()
+    return to
+
+
+@pytest.mark.parametrize("model,pairs,culprit", [
+    ("neither", "good", "{model}: neither an HF export (config.json, model.safetensors) nor a "
+                        "jbert run directory"),
+    ("no weights", "good", "{model} has neither model.safetensors nor "
+                           "model.safetensors.index.json"),
+    ("truncated weights", "good", "{model}/model.safetensors: not a readable safetensors file"),
+    ("no tokenizer.json", "good", "no tokenizer.json in tokenizer directory '{model}'"),
+    ("export", "empty", "--pairs {pairs}: no pairs in split 'test' (empty)"),
+    ("export", "latin-1", "{pairs}:2: not UTF-8 text (invalid continuation byte at byte 14)"),
+    ("export", "no positive", "{pairs}:2: key 'positive' missing or not a non-empty string"),
+    ("export", "not an object", "{pairs}:1: a list, not an object with 'query' and 'positive'"),
+])
+def test_evaluate_on_bad_input_says_one_line_and_writes_nothing(tmp_path, tiny_export, model,
+                                                                pairs, culprit, capsys,
+                                                                monkeypatch):
+    from train.evaluate import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    good = json.dumps({"query": "adds two numbers", "positive": "def f(x): return x + 2"})
+    lines = {"good": [good], "empty": [], "no positive": [good, '{"query": "q"}'],
+             "not an object": ['["q", "p"]'], "latin-1": [good, '{"query": "caf\xe9"}']}[pairs]
+    pairs_file = tmp_path / f"{pairs.replace(' ', '-')}.jsonl"
+    pairs_file.write_bytes("".join(line + "\n" for line in lines).encode("latin-1"))
+    if model == "neither":
+        model_dir = tmp_path / "notes"
+        model_dir.mkdir()
+        (model_dir / "notes.txt").write_text("not a model")
+    else:
+        model_dir = _bad_copy(tiny_export, tmp_path / "model", model)
+    out = tmp_path / "report" / "eval.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(model_dir), "--pairs", str(pairs_file), "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    expected = "error: " + culprit.format(model=model_dir, pairs=pairs_file)
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    assert not (tmp_path / "report").exists()
+
+
+def test_prepare_corpus_checks_the_tokenizer_before_building_anything(tmp_path, capsys,
+                                                                       monkeypatch):
+    from train.prepare_corpus import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    src = _source_tree(tmp_path / "src")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "data"), "--no-default-sources", "--source", f"t={src}",
+              "--tokenizer", str(tmp_path / "tok"), "--no-measure"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: no tokenizer.json in tokenizer directory '{tmp_path / 'tok'}'\n"
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("source,culprit", [
+    ("empty", "empty.jsonl: 0 pairs, fewer than one batch of 64"),
+    ("latin-1", "{file}:1: not UTF-8 text"),
+    ("no query", "{file}:1: key 'query' missing"),
+])
+def test_contrastive_training_on_a_bad_pairs_file_stops_before_writing(tmp_path, tiny_export,
+                                                                        source, culprit, capsys,
+                                                                        monkeypatch):
+    from train.contrastive import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_export, data / "tokenizer")
+    (data / "pairs").mkdir()
+    (data / "pairs" / "test.jsonl").write_text(
+        json.dumps({"query": "adds two numbers", "positive": "def f(x): return x + 2"}) + "\n")
+    file = tmp_path / f"{source.replace(' ', '-')}.jsonl"
+    file.write_bytes({"empty": b"", "latin-1": '{"query": "café"}\n'.encode("latin-1"),
+                      "no query": b'{"positive": "p"}\n'}[source])
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(ROOT / "configs" / "contrastive_tiny.py"),
+              f"--config.data.dir={data}", f"--config.contrastive.sources={file}",
+              f"--config.workdir={tmp_path / 'run'}", "--config.init_from=none"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + culprit.format(file=file)) and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -104,6 +105,68 @@ def test_entry_point_reports_bad_input_in_one_line(args, culprit):
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("error: ") and culprit in run.stderr, run.stderr
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("module", ["pretrain", "contrastive", "evaluate", "export",
+                                    "prepare_corpus", "demo"])
+def test_every_entry_point_answers_help(module, capsys):
+    main = importlib.import_module(f"train.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m train.{module} ")
+    assert "-h, --help" in out
+    if module in ("pretrain", "contrastive"):
+        assert "--config FILE[:ARG]" in out and "--config.KEY=VALUE" in out
+        assert "--config FILE --help" in out and "--coordinator HOST:PORT" in out
+
+
+def test_help_with_a_config_lists_its_keys_with_types_and_current_values(capsys):
+    from train.pretrain import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", TINY, "--config.steps=7", "-h"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for line in ["  steps: int = 7", "  optim.learning_rate: float = 0.004",
+                 "  optim.clip_norm: float | None = 1.0", "  data.dir: str = 'artifacts/data-tiny'",
+                 "  init_from: str | None = None", "  model.num_hidden_layers: int = 2"]:
+        assert f"\n{line}\n" in out, line
+
+
+def test_help_from_the_command_line_exits_0():
+    run = subprocess.run([sys.executable, "-m", "train.pretrain", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("usage: python -m train.pretrain")
+
+
+@pytest.mark.parametrize("flags,culprit", [
+    (["--coordinator", "localhost:1"], "--coordinator needs --num_processes and --process_id"),
+    (["--num_processes", "2", "--process_id", "0"], "need --coordinator HOST:PORT"),
+    (["--process_id", "1"], "need --coordinator HOST:PORT"),
+    (["--coordinator", "localhost", "--num_processes", "2", "--process_id", "0"],
+     "--coordinator 'localhost': expected HOST:PORT"),
+    (["--coordinator", "h:99999", "--num_processes", "2", "--process_id", "0"],
+     "expected HOST:PORT"),
+    (["--coordinator", "h:1", "--num_processes", "2", "--process_id", "2"],
+     "--process_id 2: must be in 0..1 for --num_processes 2"),
+    (["--coordinator", "h:1", "--num_processes", "0", "--process_id", "0"],
+     "--num_processes 0: must be >= 1"),
+    (["--coordinator", "auto", "--num_processes", "2"], "--coordinator auto finds"),
+])
+def test_bad_multihost_flags_are_one_line_before_anything_starts(flags, culprit, capsys,
+                                                                 monkeypatch):
+    from train.pretrain import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    # Were the flags accepted, the run would stop at the missing data dir instead.
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", TINY, "--config.data.dir=/nonexistent/jbert-data",
+              "--config.data.prepare_if_missing=false", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and culprit in err and err.count("\n") == 1, err
 
 
 def test_training_cli_takes_the_multihost_flags_and_rejects_others():

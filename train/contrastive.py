@@ -11,12 +11,14 @@ import json
 import sys
 from pathlib import Path
 
+from jbert.errors import CorruptCheckpointError, InputError
 from jbert.train_config import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
     with usage_errors():
-        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
+        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__,
+                                    prog="python -m train.contrastive")
 
     import jax
 
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     with usage_errors():  # missing data or pairs
         task, facts = contrastive_task(config, mesh)
-    summary = train(config, task)
+    with usage_errors(InputError, CorruptCheckpointError):  # checks before the first step
+        summary = train(config, task)
     summary.pop("state")
     summary["data"] = facts
     if jax.process_index() == 0:

@@ -7,7 +7,7 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--mlm-steps", type=int, help="default: configs/pretrain_tiny.py's")

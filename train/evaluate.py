@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF export dir or jbert run dir (none: BM25 only)")
     data = parser.add_mutually_exclusive_group(required=True)
@@ -44,24 +44,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     from jbert.beir import load_beir, pairs_to_sets, sample_queries, write_beir
     from jbert.data.pair_batches import load_pairs
-    from jbert.evaluation import evaluate_retrieval
+    from jbert.errors import InputError
+    from jbert.evaluation import evaluate_retrieval, load_encoder
     from jbert.train_config import usage_errors
 
     with usage_errors():
         if args.pairs:
-            sets = pairs_to_sets(load_pairs(args.pairs, args.split), args.max_queries)
+            pairs = load_pairs(args.pairs, args.split)
+            if not pairs:
+                raise InputError(f"--pairs {args.pairs}: no pairs in split {args.split!r} "
+                                 "(empty)")
+            sets = pairs_to_sets(pairs, args.max_queries)
         else:
             sets = [load_beir(d, args.split) for d in args.beir]
             if args.max_queries:
                 sets = [sample_queries(rs, args.max_queries) for rs in sets]
-        if args.model is not None and not Path(args.model).exists():
-            raise FileNotFoundError(f"--model {args.model}: no such directory")
+        encoder = load_encoder(args.model) if args.model is not None else None
     if args.write_beir:
         for rs in sets:
             write_beir(rs, Path(args.write_beir) / rs.name, args.split)
     result = {"model": args.model, "data": args.pairs or args.beir, "split": args.split}
-    if args.model is not None or args.bm25:
-        result.update(evaluate_retrieval(args.model, sets, bm25=args.bm25,
+    if encoder is not None or args.bm25:
+        result.update(evaluate_retrieval(encoder, sets, bm25=args.bm25,
                                          max_query_length=args.max_query_length,
                                          max_doc_length=args.max_doc_length))
     print(json.dumps(result, indent=1))

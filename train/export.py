@@ -14,7 +14,7 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run directory (its workdir)")
     p.add_argument("--out", required=True)

@@ -11,11 +11,13 @@ import argparse
 
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
 from jbert.data.prepare import PrepareConfig, prepare_data
+from jbert.data.tokenizer import load_tokenizer
 from jbert.train_config import usage_errors
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.prepare_corpus", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="artifacts/data", help="output directory")
     p.add_argument("--source", action="append", default=[], help="NAME=PATH[@DEPTH], repeatable")
     p.add_argument("--fetched", help="also walk what scripts/fetch_sources.sh put in this folder")
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     with usage_errors():
         sources = fetched_sources(a.fetched) if a.fetched else []
         sources += [parse_source(s) for s in a.source]
+        if a.tokenizer:  # checked before the corpus is built, not after
+            load_tokenizer(a.tokenizer)
     sources += [] if a.no_default_sources else default_sources()
     if not sources:
         p.error("no sources: drop --no-default-sources or give --source/--fetched")

@@ -9,12 +9,14 @@ Multi-host: start one process per host with --coordinator HOST:PORT --num_proces
 import json
 import sys
 
+from jbert.errors import CorruptCheckpointError, InputError
 from jbert.train_config import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
     with usage_errors():
-        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__)
+        config = parse_training_cli(sys.argv[1:] if argv is None else argv, __doc__,
+                                    prog="python -m train.pretrain")
 
     import jax
 
@@ -23,7 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with usage_errors():  # a missing data.dir
         task, facts = mlm_task(config, jax.process_count())
-    summary = train(config, task)
+    with usage_errors(InputError, CorruptCheckpointError):  # checks before the first step
+        summary = train(config, task)
     summary.pop("state")
     summary["data"] = facts
     if jax.process_index() == 0:

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from jbert.data.jsonl import iter_jsonl
 from jbert.data.tokenizer import tokenize_texts
+from jbert.errors import InputError
 
 
 def read_pair_file(path: str | os.PathLike) -> list[dict]:
@@ -27,12 +28,15 @@ def read_pair_file(path: str | os.PathLike) -> list[dict]:
 
 
 def _check_pair(row: dict, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: a {type(row).__name__}, not an object with 'query' and "
+                         "'positive'")
     for key in ("query", "positive"):
         if not isinstance(row.get(key), str) or not row[key].strip():
-            raise ValueError(f"{where}: key {key!r} missing or not a non-empty string")
+            raise InputError(f"{where}: key {key!r} missing or not a non-empty string")
     negs = row.get("negatives")
     if negs is not None and not (isinstance(negs, list) and all(isinstance(x, str) for x in negs)):
-        raise ValueError(f"{where}: key 'negatives' must be a list of strings")
+        raise InputError(f"{where}: key 'negatives' must be a list of strings")
     return row
 
 
@@ -101,7 +105,7 @@ class PairBatcher:
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
         if len(pairs) < batch_size:
-            raise ValueError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
+            raise InputError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
         self.pairs, self.batch_size, self.source, self.seed = pairs, batch_size, source, seed
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process
