@@ -311,7 +311,8 @@ def test_paths_in_data_files_never_choose_where_files_are_written(tmp_path):
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert all(p.startswith("out/corpus/") or p.startswith("out/pairs/") for p in written)
     assert {Path(p).name for p in written} <= {"stats.json", "train.jsonl", "test.jsonl",
-                                                "train-00000.parquet", "test-00000.parquet"}
+                                                "heldout_repos.json", "train-00000.parquet",
+                                                "test-00000.parquet"}
     rows = [r for f in (tmp_path / "out" / "corpus").glob("*.parquet")
             for r in pq.read_table(f).to_pylist()]
     assert sorted(r["path"] for r in rows) == sorted(r["path"] for r in hostile)  # kept as data
