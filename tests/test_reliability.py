@@ -408,10 +408,14 @@ def test_resume_after_a_config_change_names_it_and_moves_nothing(tmp_path, chang
 
 
 @pytest.mark.parametrize("how", ["fingerprint", pytest.param("flip", marks=pytest.mark.slow)])
-def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how):
+def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how, capsys,
+                                                                    monkeypatch):
     """Export and `init_from` read only the params; they check them like a resume and refuse
     the checkpoint by name, writing nothing. Flipped data files: tensorstore's checksums catch
     them. Flips those miss: only the state fingerprint can, simulated by editing it."""
+    from train.export import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
     _checkpointed_run(tiny_config(tmp_path / "run", steps=3))
     step3 = tmp_path / "run" / "checkpoints" / "3"
     if how == "fingerprint":
@@ -428,6 +432,11 @@ def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how
         match = rf"checkpoint {step3}: unreadable \(ValueError: DATA_LOSS"
     with pytest.raises(CorruptCheckpointError, match=match):
         export_run(tmp_path / "run", tmp_path / "export", head="base")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: checkpoint {step3}: ")
+    assert err.count("\n") == 1
     fresh = tiny_config(tmp_path / "tuned", steps=3, init_from=str(tmp_path / "run"))
     with pytest.raises(CorruptCheckpointError, match=match):
         train(fresh, synthetic_task(fresh))
