@@ -35,7 +35,7 @@ from jbert.pretrain import ensure_data
 from jbert.sharding import make_mesh
 from jbert.state import init_state
 from jbert.train_config import ConfigError, DataConfig, TrainConfig, to_json
-from jbert.trainer import train
+from jbert.trainer import init_params_from, train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "helpers" / "kill_worker.py"
@@ -365,9 +365,10 @@ def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
 
 
-def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> None:
+def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> dict:
     """What `train` leaves in a workdir (config.json, a checkpoint of step `step` with its
-    meta), without compiling a train step: the faults below happen before the first step."""
+    meta), without compiling a train step: the faults below happen before the first step.
+    Returns the saved state."""
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(make_mesh(cfg.mesh.data), cfg.model, "masked_lm", tx, cfg.seed)
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
@@ -375,6 +376,7 @@ def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> None:
     checkpointer = Checkpointer(Path(cfg.workdir) / "checkpoints")
     checkpointer.save(step, state, {"position": step}, {"step": step, "head": "masked_lm"})
     checkpointer.close()
+    return state
 
 
 @pytest.mark.parametrize("change,field,advice", [
@@ -450,6 +452,12 @@ def test_missing_or_unusable_init_from_is_named_and_nothing_is_written(tmp_path)
         with pytest.raises(ConfigError, match=f"init_from={source}: {culprit}"):
             train(cfg, synthetic_task(cfg))
         assert not (tmp_path / "run").exists()
+    # A usable run gives its encoder (checked against the fingerprint on the way).
+    saved = _checkpointed_run(tiny_config(tmp_path / "mlm"))
+    params = init_params_from(str(tmp_path / "mlm"), tiny_config("unused").model, "masked_lm")
+    for want, got in zip(jax.tree.leaves(jax.device_get(saved["params"]["bert"])),
+                         jax.tree.leaves(params["bert"]), strict=True):
+        np.testing.assert_array_equal(want, got)
 
 
 # ----------------------------------------------------------------------------- torn logs
