@@ -35,7 +35,7 @@ from jbert.pretrain import ensure_data
 from jbert.sharding import make_mesh
 from jbert.state import init_state
 from jbert.train_config import ConfigError, DataConfig, TrainConfig, to_json
-from jbert.trainer import train
+from jbert.trainer import init_params_from, train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "helpers" / "kill_worker.py"
@@ -366,9 +366,10 @@ def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
 
 
-def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> None:
+def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> dict:
     """What `train` leaves in a workdir (config.json, a checkpoint of step `step` with its
-    meta), without compiling a train step: the faults below happen before the first step."""
+    meta), without compiling a train step: the faults below happen before the first step.
+    Returns the saved state."""
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(make_mesh(cfg.mesh.data), cfg.model, "masked_lm", tx, cfg.seed)
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
@@ -376,6 +377,7 @@ def _checkpointed_run(cfg: TrainConfig, step: int = 3) -> None:
     checkpointer = Checkpointer(Path(cfg.workdir) / "checkpoints")
     checkpointer.save(step, state, {"position": step}, {"step": step, "head": "masked_lm"})
     checkpointer.close()
+    return state
 
 
 @pytest.mark.parametrize("change,field,advice", [
@@ -409,10 +411,14 @@ def test_resume_after_a_config_change_names_it_and_moves_nothing(tmp_path, chang
 
 
 @pytest.mark.parametrize("how", ["fingerprint", pytest.param("flip", marks=pytest.mark.slow)])
-def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how):
+def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how, capsys,
+                                                                    monkeypatch):
     """Export and `init_from` read only the params; they check them like a resume and refuse
     the checkpoint by name, writing nothing. Flipped data files: tensorstore's checksums catch
     them. Flips those miss: only the state fingerprint can, simulated by editing it."""
+    from train.export import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
     _checkpointed_run(tiny_config(tmp_path / "run", steps=3))
     step3 = tmp_path / "run" / "checkpoints" / "3"
     if how == "fingerprint":
@@ -429,6 +435,11 @@ def test_bit_flipped_checkpoint_is_refused_by_weights_only_restore(tmp_path, how
         match = rf"checkpoint {step3}: unreadable \(ValueError: DATA_LOSS"
     with pytest.raises(CorruptCheckpointError, match=match):
         export_run(tmp_path / "run", tmp_path / "export", head="base")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: checkpoint {step3}: ")
+    assert err.count("\n") == 1
     fresh = tiny_config(tmp_path / "tuned", steps=3, init_from=str(tmp_path / "run"))
     with pytest.raises(CorruptCheckpointError, match=match):
         train(fresh, synthetic_task(fresh))
@@ -442,6 +453,12 @@ def test_missing_or_unusable_init_from_is_named_and_nothing_is_written(tmp_path)
         with pytest.raises(ConfigError, match=f"init_from={source}: {culprit}"):
             train(cfg, synthetic_task(cfg))
         assert not (tmp_path / "run").exists()
+    # A usable run gives its encoder (checked against the fingerprint on the way).
+    saved = _checkpointed_run(tiny_config(tmp_path / "mlm"))
+    params = init_params_from(str(tmp_path / "mlm"), tiny_config("unused").model, "masked_lm")
+    for want, got in zip(jax.tree.leaves(jax.device_get(saved["params"]["bert"])),
+                         jax.tree.leaves(params["bert"]), strict=True):
+        np.testing.assert_array_equal(want, got)
 
 
 # ----------------------------------------------------------------------------- torn logs
