@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from jbert.data.corpus import FileFilter, Source, build_corpus, iter_files
 from jbert.data.pairs import build_pairs
 from jbert.export import export_run
 from jbert.hf_export import save_pretrained
-from jbert.metrics import MetricsLogger
 from jbert.optim import make_optimizer
 from jbert.pretrain import ensure_data
 from jbert.sharding import make_mesh
@@ -459,161 +457,3 @@ def test_missing_or_unusable_init_from_is_named_and_nothing_is_written(tmp_path)
     for want, got in zip(jax.tree.leaves(jax.device_get(saved["params"]["bert"])),
                          jax.tree.leaves(params["bert"]), strict=True):
         np.testing.assert_array_equal(want, got)
-
-
-# ----------------------------------------------------------------------------- torn logs
-
-
-_KILLED_MID_WRITE = """
-import os, signal, sys
-from jbert.metrics import MetricsLogger
-logger = MetricsLogger(sys.argv[1], total_steps=10, start_step=0, progress=False)
-for step in (1, 2, 3):
-    logger.write(step, {"loss": 1.0 / step})
-write = logger._file.write
-def half_then_killed(text):  # the kill lands inside this write: half the record is on disk
-    write(text[: len(text) // 2])
-    logger._file.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-logger._file.write = half_then_killed
-logger.write(4, {"loss": 0.25, "note": "ü" * 40})
-"""
-
-
-def test_a_metrics_line_torn_by_a_kill_is_dropped_on_reopen(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    lines = (tmp_path / "metrics.jsonl").read_bytes().split(b"\n")
-    assert len(lines) == 4 and lines[3].startswith(b'{"step": 4')  # torn: no newline, no end
-    logger = MetricsLogger(tmp_path, total_steps=10, start_step=3, progress=False)
-    logger.write(4, {"loss": 0.25})
-    logger.close()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
-    # A last record complete but for its newline is kept.
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}')
-    MetricsLogger(tmp_path, total_steps=10, start_step=2, progress=False).close()
-    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
-
-
-def test_logs_that_are_not_a_terminal_get_one_plain_line_per_record(tmp_path, capsys):
-    logger = MetricsLogger(tmp_path, total_steps=100, start_step=0, prefix="masked_lm")
-    for step in range(1, 101):
-        if step % 10 == 0:
-            logger.write(step, {"loss": 2.0, "tokens_per_s": 1234.5})
-        logger.advance(step)
-    logger.close()
-    err = capsys.readouterr().err
-    assert "\r" not in err
-    lines = err.splitlines()
-    assert len(lines) == 10 and lines[0] == "[masked_lm] step 10/100 loss=2 tokens_per_s=1234"
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory) -> Path:
-    from jbert.data.tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer([f"def f{i}(x):\n    return x + {i}\n" for i in range(100)],
-                                vocab_size=128)
-    config = tiny_config("unused").model
-    params = functional.init_params(config, jax.random.key(0), "base")
-    return save_pretrained(tmp_path_factory.mktemp("export") / "export", config, params,
-                           tokenizer=tokenizer)
-
-
-def _bad_copy(export: Path, to: Path, how: str) -> Path:
-    shutil.copytree(export, to)
-    weights = to / "model.safetensors"
-    if how == "no weights":
-        weights.unlink()
-    elif how == "truncated weights":
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    elif how == "no tokenizer.json":
-        (to / "tokenizer.json").unlink()
-    return to
-
-
-@pytest.mark.parametrize("model,pairs,culprit", [
-    ("neither", "good", "{model}: neither an HF export (config.json, model.safetensors) nor a "
-                        "jbert run directory"),
-    ("no weights", "good", "{model} has neither model.safetensors nor "
-                           "model.safetensors.index.json"),
-    ("truncated weights", "good", "{model}/model.safetensors: not a readable safetensors file"),
-    ("no tokenizer.json", "good", "no tokenizer.json in tokenizer directory '{model}'"),
-    ("export", "empty", "--pairs {pairs}: no pairs in split 'test' (empty)"),
-    ("export", "latin-1", "{pairs}:2: not UTF-8 text (invalid continuation byte at byte 14)"),
-    ("export", "no positive", "{pairs}:2: key 'positive' missing or not a non-empty string"),
-    ("export", "not an object", "{pairs}:1: a list, not an object with 'query' and 'positive'"),
-])
-def test_evaluate_on_bad_input_says_one_line_and_writes_nothing(tmp_path, tiny_export, model,
-                                                                pairs, culprit, capsys,
-                                                                monkeypatch):
-    from train.evaluate import main
-
-    monkeypatch.delenv("JBERT_DEBUG", raising=False)
-    good = json.dumps({"query": "adds two numbers", "positive": "def f(x): return x + 2"})
-    lines = {"good": [good], "empty": [], "no positive": [good, '{"query": "q"}'],
-             "not an object": ['["q", "p"]'], "latin-1": [good, '{"query": "caf\xe9"}']}[pairs]
-    pairs_file = tmp_path / f"{pairs.replace(' ', '-')}.jsonl"
-    pairs_file.write_bytes("".join(line + "\n" for line in lines).encode("latin-1"))
-    if model == "neither":
-        model_dir = tmp_path / "notes"
-        model_dir.mkdir()
-        (model_dir / "notes.txt").write_text("not a model")
-    else:
-        model_dir = _bad_copy(tiny_export, tmp_path / "model", model)
-    out = tmp_path / "report" / "eval.json"
-    with pytest.raises(SystemExit) as exit_:
-        main(["--model", str(model_dir), "--pairs", str(pairs_file), "--out", str(out)])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    expected = "error: " + culprit.format(model=model_dir, pairs=pairs_file)
-    assert err.startswith(expected) and err.count("\n") == 1, err
-    assert not (tmp_path / "report").exists()
-
-
-def test_prepare_corpus_checks_the_tokenizer_before_building_anything(tmp_path, capsys,
-                                                                       monkeypatch):
-    from train.prepare_corpus import main
-
-    monkeypatch.delenv("JBERT_DEBUG", raising=False)
-    src = _source_tree(tmp_path / "src")
-    (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n")
-    with pytest.raises(SystemExit) as exit_:
-        main(["--out", str(tmp_path / "data"), "--no-default-sources", "--source", f"t={src}",
-              "--tokenizer", str(tmp_path / "tok"), "--no-measure"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err == f"error: no tokenizer.json in tokenizer directory '{tmp_path / 'tok'}'\n"
-    assert not (tmp_path / "data").exists()
-
-
-@pytest.mark.parametrize("source,culprit", [
-    ("empty", "empty.jsonl: 0 pairs, fewer than one batch of 64"),
-    ("latin-1", "{file}:1: not UTF-8 text"),
-    ("no query", "{file}:1: key 'query' missing"),
-])
-def test_contrastive_training_on_a_bad_pairs_file_stops_before_writing(tmp_path, tiny_export,
-                                                                        source, culprit, capsys,
-                                                                        monkeypatch):
-    from train.contrastive import main
-
-    monkeypatch.delenv("JBERT_DEBUG", raising=False)
-    data = tmp_path / "data"
-    shutil.copytree(tiny_export, data / "tokenizer")
-    (data / "pairs").mkdir()
-    (data / "pairs" / "test.jsonl").write_text(
-        json.dumps({"query": "adds two numbers", "positive": "def f(x): return x + 2"}) + "\n")
-    file = tmp_path / f"{source.replace(' ', '-')}.jsonl"
-    file.write_bytes({"empty": b"", "latin-1": '{"query": "café"}\n'.encode("latin-1"),
-                      "no query": b'{"positive": "p"}\n'}[source])
-    with pytest.raises(SystemExit) as exit_:
-        main(["--config", str(ROOT / "configs" / "contrastive_tiny.py"),
-              f"--config.data.dir={data}", f"--config.contrastive.sources={file}",
-              f"--config.workdir={tmp_path / 'run'}", "--config.init_from=none"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: " + culprit.format(file=file)) and err.count("\n") == 1, err
-    assert not (tmp_path / "run").exists()
