@@ -266,3 +266,12 @@ def test_pair_throughput():
     tok = train_tokenizer([p["positive"] for p in pairs] * 3, vocab_size=320)
     stats = measure_pair_throughput(PairBatcher(pairs, 16), tok, 64, 8)
     assert stats["tokens_per_s"] > 0
+
+
+def test_a_batcher_that_can_never_fill_a_batch_says_so_instead_of_spinning():
+    # every pair's negatives are the same two texts: no two pairs fit in one batch
+    pairs = [{"query": f"q{i}", "positive": f"p{i}", "negatives": ["n0", "n1"]}
+             for i in range(10)]
+    batcher = PairBatcher(pairs, 4, source="mined")
+    with pytest.raises(ValueError, match="mined: no batch of 4 pairs without a repeated text"):
+        next(batcher)

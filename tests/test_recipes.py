@@ -38,7 +38,8 @@ def test_small_recipe_chain_runs_end_to_end(tmp_path, capsys):
         "--config", f"{ROOT}/configs/contrastive_small.py:hardneg", *small,
         f"--config.init_from={tmp_path / 'c1'}", f"--config.workdir={tmp_path / 'c2'}",
         f"--config.contrastive.sources={data / 'pairs-mined'}", "--config.steps=4",
-        "--config.eval_every=4", "--config.contrastive.hard_negatives=2"])
+        "--config.eval_every=4", "--config.contrastive.hard_negatives=2",
+        "--config.data.batch_size=16"])  # 300 mined pairs: small duplicate-free batches
     assert second["status"] == "done"
     capsys.readouterr()
     result = evaluate.main(["--model", str(tmp_path / "c2" / "export"), "--pairs",

@@ -131,6 +131,11 @@ class PairBatcher:
 
     def __next__(self) -> dict:
         while self.batch >= len(self._epoch_batches()):
+            if not self._batches:  # every order would come out empty: stop, do not spin
+                raise InputError(
+                    f"{self.source}: no batch of {self.batch_size} pairs without a repeated "
+                    f"text (query, positive or negative) among {len(self.pairs)} pairs; use a "
+                    "smaller data.batch_size, fewer hard_negatives or more pairs")
             self.epoch, self.batch, self._batches = self.epoch + 1, 0, None
             if self.num_epochs is not None and self.epoch >= self.num_epochs:
                 raise StopIteration
