@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from jbert.beir import RetrievalSet, pairs_to_sets
-from jbert.evaluation import SYSTEMS, SetEvaluator, evaluate_set, macro_average
+from jbert.evaluation import SYSTEMS, SetEvaluator
 
 
 @dataclasses.dataclass
@@ -60,11 +60,10 @@ def retrieval_report(config: Any, params: Any, tokenizer: Any, pairs: Sequence[d
     dense = evaluator.dense_scores(params)
     names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
              "linear": "hybrid (linear)"}
-    per_set = {rs.name: evaluate_set(rs, d, b)
-               for rs, d, b in zip(sets, dense, evaluator.bm25, strict=True)}
-    metrics = {names[s]: m for s, m in macro_average(per_set).items()}
+    result = evaluator.results(dense)
+    metrics = {names[s]: m for s, m in result["macro"].items()}
     per_language = {lang: {names[s]: r[s] for s in SYSTEMS if s in r}
-                    for lang, r in per_set.items()}
+                    for lang, r in result["sets"].items()}
     counts = {rs.name: len(rs.queries) for rs in sets}
     splits = [similarity_split(d, rs) for d, rs in zip(dense, sets, strict=True)]
     pos, neg, hardest = (np.concatenate(parts) for parts in zip(*splits, strict=True))

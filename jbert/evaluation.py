@@ -233,8 +233,12 @@ class SetEvaluator:
 
     def __call__(self, params: Any = None, linear: bool = True) -> dict:
         """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}}."""
-        dense = (self.dense_scores(params) if params is not None
-                 else [None] * len(self.sets))
+        return self.results(self.dense_scores(params) if params is not None else None, linear)
+
+    def results(self, dense: Sequence[np.ndarray] | None, linear: bool = True) -> dict:
+        """What `__call__` returns, from dense scores already computed (`dense_scores`; None:
+        BM25 alone)."""
+        dense = [None] * len(self.sets) if dense is None else dense
         per_set = {rs.name: evaluate_set(rs, d, b, linear=linear)
                    for rs, d, b in zip(self.sets, dense, self.bm25, strict=True)}
         return {"sets": per_set, "macro": macro_average(per_set),

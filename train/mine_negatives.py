@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
+    from jbert.atomic import atomic_dir
     from jbert.data.pair_batches import load_pairs
     from jbert.mining import MiningConfig, bm25_negatives, dense_negatives
     from jbert.train_config import ConfigError, usage_errors
@@ -81,17 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
               "pairs": str(src), **{k: v for k, v in vars(args).items()
                                     if k not in ("model", "pairs", "out", "bm25")},
               **stats, "seconds": round(time.perf_counter() - started, 1)}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
-        for pair in mined:
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    for name in ("test.jsonl", "heldout_repos.json"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
-    (tmp / "mining.json").write_text(json.dumps(report, indent=1))
-    tmp.rename(out)  # all or nothing
+    with atomic_dir(out, lambda name: False) as tmp:  # all or nothing
+        with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
+            for pair in mined:
+                f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+        for name in ("test.jsonl", "heldout_repos.json"):
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        (tmp / "mining.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return report
 
