@@ -12,8 +12,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from jbert.alibi import alibi_slopes
-from jbert.attention import attention
+from jbert.ops.alibi import alibi_slopes
+from jbert.ops.attention import attention
 
 
 def temp_mib(impl: str, length: int, heads: int, head_dim: int, block: int) -> float:

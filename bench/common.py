@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORE_INDEX = -100
+from jbert.data.labels import IGNORE_INDEX  # noqa: E402
+
 MASK_ID = 4  # any id that is not pad: the benchmark never decodes
 
 

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbert.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn
-from jbert.optim import make_optimizer
-from jbert.sharding import batch_sharding, make_mesh
-from jbert.state import abstract_with_shardings, init_state
-from jbert.steps import train_step
-from jbert.train_config import load_config
+from jbert.ops.sharding import batch_sharding, make_mesh
+from jbert.tasks.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn
+from jbert.training.config import load_config
+from jbert.training.optim import make_optimizer
+from jbert.training.state import abstract_with_shardings, init_state
+from jbert.training.step import train_step
 
 PAIRS, LENGTH, CHUNK = 1024, 256, 64
 

@@ -38,9 +38,9 @@ from bench.common import (  # noqa: E402
     twin_module,
     write_json,
 )
-from jbert import functional  # noqa: E402
-from jbert.config import JinaBertConfig, preset  # noqa: E402
-from jbert.model import attention_path  # noqa: E402
+from jbert.model import functional  # noqa: E402
+from jbert.model.config import JinaBertConfig, preset  # noqa: E402
+from jbert.model.encoder import attention_path  # noqa: E402
 
 
 def jbert_encode(config: JinaBertConfig, ids_BL: np.ndarray):

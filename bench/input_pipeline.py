@@ -3,9 +3,9 @@
     .venv/bin/python bench/input_pipeline.py                                # pretrain_tiny.py
     .venv/bin/python bench/input_pipeline.py --preset base-code --batch 4 --seq 512 --steps 3
 
-The config's task is built as `python -m train.pretrain` builds it (`jbert.pretrain.mlm_task`:
+The config's task is built as `python -m train.pretrain` builds it (`jbert.tasks.mlm.mlm_task`:
 its data dir, tokenizer, `StreamConfig`, `mlm_loss_fn` with `max_predictions`), and the step as
-`jbert.trainer.train` jits it (donated state, explicit shardings on a 1-device mesh). Three
+`jbert.training.trainer.train` jits it (donated state, explicit shardings on a 1-device mesh). Three
 measurements, one after the other in one process:
 1. produced: batches/s of the grain iterator alone over `--positions` positions (several
    chunks, so the chunk work is timed, not slices of one), after its first batch (whose
@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.common` w
 import jax  # noqa: E402
 
 from bench.common import cpu_name, write_json  # noqa: E402
-from jbert.config import preset  # noqa: E402
-from jbert.optim import make_optimizer  # noqa: E402
-from jbert.pretrain import mlm_task  # noqa: E402
-from jbert.sharding import batch_sharding, make_mesh  # noqa: E402
-from jbert.state import init_state, state_shardings  # noqa: E402
-from jbert.train_config import load_config  # noqa: E402
-from jbert.trainer import global_batch, jit_train_step  # noqa: E402
+from jbert.model.config import preset  # noqa: E402
+from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
+from jbert.tasks.mlm import mlm_task  # noqa: E402
+from jbert.training.config import load_config  # noqa: E402
+from jbert.training.optim import make_optimizer  # noqa: E402
+from jbert.training.state import init_state, state_shardings  # noqa: E402
+from jbert.training.trainer import global_batch, jit_train_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,7 +9,7 @@ module, each a seeded sample. Tokenizer: `--tokenizer` (the built corpus's by de
 absent, one trained here on the sampled texts.
 
 1. Padding: the share of the positions the encoder computes that hold no text token, for the
-   plan `encode` makes (`jbert.embedder.plan_calls`): `pack=False` (one text per row, rows
+   plan `encode` makes (`plan_calls`): `pack=False` (one text per row, rows
    padded to the next power of two, `batch_size` rows per call) vs packed.
 2. Tokens/s (real text tokens over wall time) of `encode` with each plan on a randomly
    initialised `--preset` model with `--block-size` (512, the released models' attention block:
@@ -33,10 +33,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import cpu_name, summary, timed, write_json  # noqa: E402
-from jbert import functional  # noqa: E402
-from jbert.config import preset  # noqa: E402
 from jbert.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
-from jbert.embedder import Embedder, padding_fraction, plan_calls  # noqa: E402
+from jbert.evaluation.embedder import Embedder, padding_fraction, plan_calls  # noqa: E402
+from jbert.model import functional  # noqa: E402
+from jbert.model.config import preset  # noqa: E402
 
 
 def stdlib_texts(kind: str, count: int, seed: int = 0) -> list[str]:

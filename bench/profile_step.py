@@ -27,9 +27,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.common import add_model_args, machine_line, mlm_batch, timed  # noqa: E402
-from jbert import functional  # noqa: E402
-from jbert.config import preset  # noqa: E402
-from jbert.steps import mlm_loss_fn  # noqa: E402
+from jbert.model import functional  # noqa: E402
+from jbert.model.config import preset  # noqa: E402
+from jbert.tasks.mlm import mlm_loss_fn  # noqa: E402
 
 HLO_OP = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name=\"([^\"]+)\"")
 

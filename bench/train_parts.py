@@ -33,10 +33,10 @@ from bench.common import (  # noqa: E402
     timed,
 )
 from bench.train_step import HEAD, jbert_step, masked_loss_fn  # noqa: E402
-from jbert import functional  # noqa: E402
-from jbert.config import preset  # noqa: E402
-from jbert.optim import OptimConfig, make_optimizer  # noqa: E402
-from jbert.steps import mlm_loss_fn  # noqa: E402
+from jbert.model import functional  # noqa: E402
+from jbert.model.config import preset  # noqa: E402
+from jbert.tasks.mlm import mlm_loss_fn  # noqa: E402
+from jbert.training.optim import OptimConfig, make_optimizer  # noqa: E402
 
 
 def part(name: str, config, batch_np):

@@ -7,8 +7,8 @@
 Variants (run in one process, alternating one step of each per round, after one warm-up step
 each, so machine noise hits them alike):
 - `jbert`: the library's `train_step` with `mlm_loss_fn`, jitted with donated state and explicit
-  shardings on a 1-device mesh exactly as `jbert.trainer` does; the attention path the config
-  picks (`attention_impl="auto"`). `jbert-reference` / `jbert-blockwise` force a path.
+  shardings on a 1-device mesh exactly as `jbert.training.trainer` does; the attention path the
+  config picks (`attention_impl="auto"`). `jbert-reference` / `jbert-blockwise` force a path.
 - `jbert-masked`: the same step with a loss that runs the MLM head (transform + tied decoder
   over the 61k vocab) only on the labelled positions, gathered before the head.
 - `torch`: tests/torch_twin.py's `JinaBertForMaskedLM`, `torch.optim.AdamW`, gradient clipping
@@ -45,15 +45,15 @@ from bench.common import (
     twin_module,
     write_json,
 )
-from jbert import functional
-from jbert.config import JinaBertConfig, preset
-from jbert.hf_export import to_hf_state_dict
-from jbert.model import attention_path
-from jbert.optim import OptimConfig, make_optimizer
-from jbert.sharding import batch_sharding, make_mesh
-from jbert.state import init_state, state_shardings
-from jbert.steps import mlm_loss_fn
-from jbert.trainer import jit_train_step
+from jbert.hf.save import to_hf_state_dict
+from jbert.model import functional
+from jbert.model.config import JinaBertConfig, preset
+from jbert.model.encoder import attention_path
+from jbert.ops.sharding import batch_sharding, make_mesh
+from jbert.tasks.mlm import mlm_loss_fn
+from jbert.training.optim import OptimConfig, make_optimizer
+from jbert.training.state import init_state, state_shardings
+from jbert.training.trainer import jit_train_step
 
 HEAD = "masked_lm"
 
@@ -66,7 +66,7 @@ def masked_loss_fn(config: JinaBertConfig, batch_np: dict):
 
 
 def jbert_step(config: JinaBertConfig, batch_np: dict, loss: str):
-    """A closure running one jitted, donated train step, as `jbert.trainer` builds it."""
+    """A closure running one jitted, donated train step, as `jbert.training.trainer` builds it."""
     mesh = make_mesh()
     tx = make_optimizer(OptimConfig(warmup_steps=10), total_steps=1000)
     loss_fn = masked_loss_fn(config, batch_np) if loss == "masked" else mlm_loss_fn(config)

@@ -18,15 +18,15 @@ Reach: the published jina-embeddings-v2-base-code reaches CodeSearchNet MRR 67.2
 
 import dataclasses
 
-from jbert.config import preset
-from jbert.optim import OptimConfig
-from jbert.train_config import (
+from jbert.model.config import preset
+from jbert.training.config import (
     CheckpointConfig,
     ContrastiveConfig,
     DataConfig,
     MeshConfig,
     TrainConfig,
 )
+from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:

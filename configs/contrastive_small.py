@@ -24,8 +24,8 @@ Args:  `:hardneg` the hard-negative pass; `:smoke` 10 steps (tests).
 import dataclasses
 
 from configs import pretrain_small
-from jbert.optim import OptimConfig
-from jbert.train_config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:

@@ -16,8 +16,8 @@ Arg:   `configs/contrastive_tiny.py:smoke` runs 10 steps.
 import dataclasses
 
 from configs import pretrain_tiny
-from jbert.optim import OptimConfig
-from jbert.train_config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:

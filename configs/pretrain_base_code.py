@@ -14,9 +14,9 @@ Reach: MLM loss near 1.0 (accuracy ~75%) on held-out code, the range BERT-style 
        report; the CPU twin is configs/pretrain_tiny.py.
 """
 
-from jbert.config import preset
-from jbert.optim import OptimConfig
-from jbert.train_config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
+from jbert.model.config import preset
+from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
+from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:

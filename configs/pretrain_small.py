@@ -15,9 +15,9 @@ Arg:   `configs/pretrain_small.py:smoke` runs 20 steps (tests).
 
 import dataclasses
 
-from jbert.config import preset
-from jbert.optim import OptimConfig
-from jbert.train_config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.model.config import preset
+from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.training.optim import OptimConfig
 
 VOCAB = 61056  # what scripts/build_data.sh trains
 

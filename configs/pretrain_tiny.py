@@ -10,9 +10,9 @@ Reach: held-out MLM loss well below the unigram loss (the loss of predicting eve
 Arg:   `configs/pretrain_tiny.py:smoke` runs 20 steps (tests).
 """
 
-from jbert.config import preset
-from jbert.optim import OptimConfig
-from jbert.train_config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.model.config import preset
+from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:

@@ -1,15 +1,17 @@
 """jbert: JinaBERT code embedding models in JAX/Flax.
 
-`jbert.forward`, `jbert.load_pretrained` and `jbert.save_pretrained` are imported on first use,
-so `import jbert` stays light (no JAX, no safetensors).
+`jbert.forward`, `jbert.load_pretrained`, `jbert.save_pretrained` and `jbert.Embedder` are
+imported on first use, so `import jbert` stays light (no JAX, no safetensors). The package layers
+and what each module owns: docs/architecture.md.
 """
 
 from typing import Any
 
 _LAZY = {
-    "forward": "jbert.functional",
-    "load_pretrained": "jbert.hf",
-    "save_pretrained": "jbert.hf_export",
+    "forward": "jbert.model.functional",
+    "load_pretrained": "jbert.hf.load",
+    "save_pretrained": "jbert.hf.save",
+    "Embedder": "jbert.evaluation.embedder",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,7 @@
 """Errors that mean "this input cannot be used"; the entry points show them as one line.
 
 Everything here names its culprit (file and line, directory, flag or config key), so that the
-message alone says what to fix; `train_config.usage_errors` turns them into `error: ...` and
+message alone says what to fix; `jbert.training.cli.usage_errors` turns them into `error: ...` and
 exit status 2.
 """
 

@@ -2,7 +2,7 @@
 # A self-contained export of the tiny demo model, loaded in a fresh virtualenv WITHOUT jbert,
 # offline, with transformers' AutoModel (`encode`) and sentence-transformers; prints the largest
 # difference from jbert's own embeddings (Embedder) and the versions (docs/export.md). Also every
-# head of both layouts (tiny preset) through its Auto class against jbert.functional.apply.
+# head of both layouts (tiny preset) through its Auto class against jbert.model.functional.apply.
 #   bash scripts/check_fresh_venv.sh                        # transformers 5, sentence-transformers 6
 #   PACKAGES="torch==2.13.0 transformers<5 sentence-transformers<6" \
 #       VENV=/tmp/jbert-fresh-tf4 bash scripts/check_fresh_venv.sh   # transformers 4.x
@@ -25,8 +25,8 @@ import numpy as np
 from configs.pretrain_tiny import get_config
 from jbert import functional
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder
-from jbert.hf_export import save_pretrained
+from jbert.evaluation.embedder import Embedder
+from jbert.hf.save import save_pretrained
 
 work = Path(sys.argv[1])
 tokenizer = train_tokenizer([inspect.getsource(m) for m in (json, inspect, unittest)],
@@ -42,8 +42,8 @@ emb = Embedder(config, params, tokenizer, max_length=config.max_position_embeddi
 (work / "reference.json").write_text(json.dumps(
     {"texts": texts, "embeddings": emb.encode(texts).tolist()}))
 
-from jbert.config import preset
-from jbert.hf_export import AUTO_CLASSES
+from jbert.model.config import preset
+from jbert.hf.save import AUTO_CLASSES
 
 OUTPUTS = {"base": ("last_hidden_state", "pooler_output"),
            "pretraining": ("prediction_logits", "seq_relationship_logits"),

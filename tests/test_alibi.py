@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jbert.alibi import alibi_bias, alibi_slopes
+from jbert.ops.alibi import alibi_bias, alibi_slopes
 
 
 @pytest.mark.parametrize("heads", [8, 16])

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jbert.alibi import alibi_slopes
-from jbert.attention import attention, resolve_impl
+from jbert.ops.alibi import alibi_slopes
+from jbert.ops.attention import attention, resolve_impl
 
 B, L, H, K = 2, 150, 6, 16
 

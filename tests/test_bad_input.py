@@ -9,8 +9,8 @@ import jax
 import pytest
 from helpers.synthetic import tiny_config
 
-from jbert import functional
-from jbert.hf_export import save_pretrained
+from jbert.hf.save import save_pretrained
+from jbert.model import functional
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
-"""BEIR-layout sets (jbert.beir) and the graded-relevance evaluator (jbert.evaluation): metrics
-against hand computations and against pytrec_eval, fusion, the trainer's set evaluator."""
+"""BEIR-layout sets (evaluation.beir) and the graded-relevance evaluator (evaluation.retrieval):
+metrics against hand computations and against pytrec_eval, fusion, the trainer's set evaluator."""
 
 import json
 
@@ -7,12 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.beir import RetrievalSet, load_beir, pairs_to_sets, write_beir
-from jbert.config import preset
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder
-from jbert.evaluation import (
+from jbert.evaluation.beir import RetrievalSet, load_beir, pairs_to_sets, write_beir
+from jbert.evaluation.embedder import Embedder
+from jbert.evaluation.retrieval import (
     BM25Index,
     SetEvaluator,
     evaluate_set,
@@ -23,6 +21,8 @@ from jbert.evaluation import (
     rrf_scores,
     set_metrics,
 )
+from jbert.model import functional
+from jbert.model.config import preset
 
 
 def _set():

@@ -11,21 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.config import preset
-from jbert.contrastive import (
+from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher
+from jbert.data.tokenizer import save_tokenizer, train_tokenizer
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.ops.sharding import batch_sharding, make_mesh
+from jbert.tasks.contrastive import (
+    GROUPS,
     cached_grad_fn,
     contrastive_loss_fn,
     info_nce,
     summarize,
     temperature,
 )
-from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher
-from jbert.data.tokenizer import save_tokenizer, train_tokenizer
-from jbert.optim import OptimConfig
-from jbert.sharding import batch_sharding, make_mesh
-from jbert.state import param_shardings
-from jbert.train_config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.optim import OptimConfig
+from jbert.training.state import param_shardings
+from jbert.training.step import strided_split
 
 ROOT = Path(__file__).resolve().parent.parent
 B, LQ, LD, NEG = 16, 12, 20, 2
@@ -158,16 +160,36 @@ def test_gradcache_equals_plain_gradient(mesh_shape):
 
 @pytest.mark.slow
 def test_gradcache_with_dropout_reuses_the_masks():
-    """With dropout, the re-run of each chunk must see its first pass's masks: the gradient then
-    matches the plain step's gradient taken with the same per-chunk keys (chunk = batch)."""
+    """With dropout and four chunks, the re-run of each chunk must see its first pass's masks:
+    the gradient then equals that of a plain loss that embeds chunk c of group g (the strided
+    rows c, c + 4, ...) with key fold_in(rng, g * 4 + c), and differs from the gradient with
+    other masks (so the comparison can fail)."""
     config = _config(dropout=0.2)
-    cfg = ContrastiveConfig(temperature=0.1, chunk_size=B)
+    chunks = 4
+    cfg = ContrastiveConfig(temperature=0.1, chunk_size=B // chunks, hard_negatives=NEG)
     params = functional.init_params(config, jax.random.key(0), "contrastive")
-    batch, rng = _batch(), jax.random.key(7)
+    batch, rng = _batch(NEG), jax.random.key(7)
+
+    def per_chunk_loss(params, rng):
+        emb = {}
+        for group, index in GROUPS:
+            ids, mask = (strided_split(batch[f"{group}_{x}"], chunks, "chunks")
+                         for x in ("ids", "mask"))
+            parts = [functional.embed(config, params, ids[c], mask[c],
+                                      dropout_rng=jax.random.fold_in(rng, index * chunks + c))
+                     for c in range(chunks)]
+            emb[group] = jnp.swapaxes(jnp.stack(parts), 0, 1).reshape(-1, parts[0].shape[-1])
+        return info_nce(emb["query"], emb["doc"], emb["neg"], temperature(cfg, params))["loss_sum"]
+
     grads, _ = jax.jit(cached_grad_fn(config, cfg))(params, batch, rng)
-    plain, _ = jax.jit(jax.grad(contrastive_loss_fn(config, cfg), has_aux=True))(
-        params, batch, rng)
-    _assert_trees_close(grads, plain, atol=1e-5)
+    want = jax.jit(jax.grad(per_chunk_loss))(params, rng)
+    _assert_trees_close(grads, want, atol=1e-5)
+    other = jax.jit(jax.grad(per_chunk_loss))(params, jax.random.key(8))
+    kernel = ("bert", "encoder", "layer", "mlp", "wo", "kernel")
+    g, o = grads, other
+    for k in kernel:
+        g, o = g[k], o[k]
+    assert not np.allclose(g, o, atol=1e-5)
 
 
 def test_learned_temperature_gets_a_gradient_fixed_does_not_move():
@@ -234,7 +256,7 @@ def make_data_dir(root: Path, n_train=64, n_test=16) -> Path:
 def test_sources_with_the_same_folder_name_are_refused(tmp_path):
     """Sources are known by folder name (batcher state, logs): two `pairs` folders would have
     made one silently replace the other."""
-    from jbert.contrastive import load_sources
+    from jbert.tasks.contrastive import load_sources
 
     for parent in ("a", "b"):
         (tmp_path / parent / "pairs").mkdir(parents=True)
@@ -251,8 +273,8 @@ def test_sources_with_the_same_folder_name_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
-    from jbert.contrastive import contrastive_task
-    from jbert.trainer import train
+    from jbert.tasks.contrastive import contrastive_task
+    from jbert.training.trainer import train
 
     data = make_data_dir(tmp_path / "data")
     cfg = TrainConfig(

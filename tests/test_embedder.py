@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.config import preset
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder, bucket_lengths, padding_fraction, plan_calls
+from jbert.evaluation.embedder import Embedder, bucket_lengths, padding_fraction, plan_calls
+from jbert.model import functional
+from jbert.model.config import preset
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,19 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.beir import pairs_to_sets
-from jbert.config import preset
 from jbert.data.tokenizer import tokenize_texts, train_tokenizer
-from jbert.evaluation import (
+from jbert.evaluation.beir import pairs_to_sets
+from jbert.evaluation.retrieval import (
     BM25Index,
     code_tokens,
     evaluate_retrieval,
     load_encoder,
     per_query_metrics,
 )
-from jbert.hf_export import save_pretrained
-from jbert.mining import bm25_negatives
+from jbert.hf.save import save_pretrained
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.tasks.mining import bm25_negatives
 
 
 def test_code_tokens_split_identifiers():

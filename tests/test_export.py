@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from helpers.synthetic import synthetic_task, tiny_config
 
-from jbert import functional
-from jbert.export import export_run, load_run_params, run_config
-from jbert.hf import load_pretrained
-from jbert.trainer import train
+from jbert.hf.load import load_pretrained
+from jbert.model import functional
+from jbert.training.export import export_run, load_run_params, run_config
+from jbert.training.trainer import train
 
 # A real training run behind each test: ~20 s on 2 cores.
 pytestmark = pytest.mark.slow

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import attention, functional
-from jbert.config import preset
+from jbert.analysis.extrapolation import length_batch, mlm_accuracy_by_length, token_stream
 from jbert.data.tokenizer import train_tokenizer
-from jbert.extrapolation import length_batch, mlm_accuracy_by_length, token_stream
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.ops import attention
 
 
 @pytest.fixture(scope="module")

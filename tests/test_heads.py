@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from jbert import functional
-from jbert.config import preset
-from jbert.heads import add_vocab_bias
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.model.heads import add_vocab_bias
 
 B, L, V = 4, 12, 64
 CONFIG = preset("tiny", vocab_size=V, hidden_size=32, num_attention_heads=2,

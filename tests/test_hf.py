@@ -1,4 +1,4 @@
-"""jbert.hf and jbert.hf_export: the released layouts in and out, checked against an independent
+"""jbert.hf.load and jbert.hf.save: the released layouts in and out, checked against an independent
 PyTorch twin."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import jbert
-from jbert import functional
-from jbert.config import JinaBertConfig, preset
-from jbert.hf import CheckpointError, load_pretrained
-from jbert.hf_export import hf_config_dict, save_pretrained
+from jbert.hf.load import CheckpointError, load_pretrained
+from jbert.hf.save import hf_config_dict, save_pretrained
+from jbert.model import functional
+from jbert.model.config import JinaBertConfig, preset
 
 torch = pytest.importorskip("torch")  # the test extra; the twin needs it
 
@@ -231,12 +231,13 @@ def test_export_then_import_is_bitwise_identical(name, head, tmp_path):
 
 
 def test_save_and_load_are_reachable_where_users_import_them():
-    import jbert.hf
+    from jbert.evaluation.embedder import Embedder
 
-    assert jbert.hf.save_pretrained is save_pretrained is jbert.save_pretrained
+    assert jbert.save_pretrained is save_pretrained
     assert jbert.load_pretrained is load_pretrained
+    assert jbert.Embedder is Embedder
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
-        jbert.hf.nonsense  # noqa: B018
+        jbert.nonsense  # noqa: B018
 
 
 def test_sharded_safetensors_with_an_index(tmp_path):
@@ -326,7 +327,7 @@ def test_an_embedding_checkpoint_starts_a_task_head_and_fp16_is_upcast(tmp_path)
     torch_twin.save_twin(twin, tmp_path, LAYOUTS["code"])
     with pytest.warns(UserWarning, match="freshly initialised: .*classifier.weight"):
         config, params = load_pretrained(tmp_path, head="sequence_classification")
-    kernel = params["bert"]["encoder"]["layer"][1]["mlp"]["up_gated_layer"]["kernel"]
+    kernel = params["bert"]["encoder"]["layer"]["mlp"]["up_gated_layer"]["kernel"][1]
     want = twin.encoder.layer[1].mlp.up_gated_layer.weight.detach().float().numpy().T
     assert kernel.dtype == np.float32
     np.testing.assert_array_equal(kernel, want)

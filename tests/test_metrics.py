@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jbert.metrics import MetricsLogger
+from jbert.training.logger import MetricsLogger
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 _KILLED_MID_WRITE = """
 import os, signal, sys
-from jbert.metrics import MetricsLogger
+from jbert.training.logger import MetricsLogger
 logger = MetricsLogger(sys.argv[1], total_steps=10, start_step=0, progress=False)
 for step in (1, 2, 3):
     logger.write(step, {"loss": 1.0 / step})

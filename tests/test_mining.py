@@ -1,4 +1,4 @@
-"""Hard-negative mining (jbert.mining, train.mine_negatives): rank window, margin, false
+"""Hard-negative mining (jbert.tasks.mining, train.mine_negatives): rank window, margin, false
 negatives, the BM25 cache, and the command."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from jbert import mining
-from jbert.mining import MiningConfig, cached_bm25_negatives, dense_negatives
+from jbert.tasks import mining
+from jbert.tasks.mining import MiningConfig, cached_bm25_negatives, dense_negatives
 
 
 class FakeEmbedder:

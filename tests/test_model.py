@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.config import JinaBertConfig, preset
+from jbert.model import functional
+from jbert.model.config import JinaBertConfig, preset
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-code"])
@@ -89,7 +89,7 @@ def test_dropout_needs_rng_and_changes_outputs(model):
     a, b = train(params, jax.random.key(1)), train(params, jax.random.key(2))
     assert not np.allclose(a["last_hidden_state"], b["last_hidden_state"])
     with pytest.raises(ValueError, match="rngs"):
-        functional.module(config, params)(ids, deterministic=False)
+        functional.module_with_params(config, params)(ids, deterministic=False)
 
 
 def test_bf16_compute_keeps_fp32_params(model):
@@ -104,7 +104,8 @@ def test_bf16_compute_keeps_fp32_params(model):
 
 
 @pytest.mark.slow
-def test_remat_gives_the_same_gradients(model):
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_policies_give_the_same_gradients(model, policy):
     config, params = model
     ids = _ids(2, 16)
 
@@ -113,21 +114,36 @@ def test_remat_gives_the_same_gradients(model):
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     g = grad(params, config)
-    g_remat = grad(params, dataclasses.replace(config, remat=True))
+    g_remat = grad(params, dataclasses.replace(config, remat=policy))
     for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_param_tree_has_hf_layout_names():
+def test_param_tree_has_hf_layout_names_with_the_layers_stacked():
     base = functional.abstract_params(preset("tiny"))
-    code = functional.abstract_params(preset("tiny-code"))
-    assert set(base["encoder"]["layer"][0]["mlp"]) == {"gated_layers", "wo", "layernorm"}
-    assert set(code["encoder"]["layer"][0]["mlp"]) == {"up_gated_layer", "down_layer"}
-    assert {"layer_norm_q", "layer_norm_k"} <= set(code["encoder"]["layer"][0]["attention"]
+    code = functional.abstract_params(preset("tiny-code", num_hidden_layers=3))
+    assert set(base["encoder"]["layer"]["mlp"]) == {"gated_layers", "wo", "layernorm"}
+    assert set(code["encoder"]["layer"]["mlp"]) == {"up_gated_layer", "down_layer"}
+    assert {"layer_norm_q", "layer_norm_k"} <= set(code["encoder"]["layer"]["attention"]
                                                    ["self_attn"])
-    assert "layer_norm_1" in code["encoder"]["layer"][1]
+    assert "layer_norm_1" in code["encoder"]["layer"]
     original = functional.abstract_params(preset("tiny", feed_forward_type="original"))
-    assert set(original["encoder"]["layer"][0]) == {"attention", "intermediate", "output"}
+    assert set(original["encoder"]["layer"]) == {"attention", "intermediate", "output"}
+    # every layer weight carries the layer axis first, named `layers` for the sharding table
+    assert code["encoder"]["layer"]["mlp"]["down_layer"]["kernel"].shape == (3, 192, 96)
+    axes = functional.logical_axes(preset("tiny-code"))
+    assert axes["encoder"]["layer"]["mlp"]["down_layer"]["kernel"] == ("layers", "mlp", "embed")
+    assert all(a[0] == "layers" for a in jax.tree.leaves(
+        axes["encoder"]["layer"], is_leaf=lambda x: isinstance(x, tuple)))
+
+
+def test_remat_is_a_named_policy_and_reads_the_old_bool():
+    assert preset("tiny").remat == "none"
+    assert preset("tiny", remat=True).remat == "full"
+    assert preset("tiny", remat=False).remat == "none"
+    assert preset("tiny", remat="dots_saveable").remat == "dots_saveable"
+    with pytest.raises(ValueError, match="remat"):
+        preset("tiny", remat="everything")
 
 
 @pytest.mark.parametrize("ff", ["original", "glu", "geglu", "reglu"])

@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.config import preset
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder
-from jbert.evaluation import load_encoder
-from jbert.hf_export import save_pretrained
-from jbert.mteb_encoder import beir_task, encoder_from_embedder, run
+from jbert.evaluation.embedder import Embedder
+from jbert.evaluation.mteb_encoder import beir_task, encoder_from_embedder, run
+from jbert.evaluation.retrieval import load_encoder
+from jbert.hf.save import save_pretrained
+from jbert.model import functional
+from jbert.model.config import preset
 from train.mteb import main
 
 VERBS = ["add", "scale", "sort", "read", "parse", "merge", "split", "count"]
@@ -180,6 +180,6 @@ def test_cli_refuses_a_missing_model(tmp_path, capsys):
 
 
 def test_importing_jbert_does_not_import_mteb():
-    code = ("import sys, jbert, jbert.mteb_encoder, train.mteb; "
+    code = ("import sys, jbert, jbert.evaluation.mteb_encoder, train.mteb; "
             "assert 'mteb' not in sys.modules, 'mteb imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

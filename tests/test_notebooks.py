@@ -42,8 +42,8 @@ def artefacts(tmp_path_factory):
     from helpers.synthetic import synthetic_task, tiny_config
 
     from jbert.data.tokenizer import save_tokenizer, train_tokenizer
-    from jbert.export import export_run
-    from jbert.trainer import train
+    from jbert.training.export import export_run
+    from jbert.training.trainer import train
 
     root = tmp_path_factory.mktemp("nb")
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jbert import plots
+from jbert.analysis import plots
 
 
 def _check(fig, tmp_path, name):

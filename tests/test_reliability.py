@@ -19,21 +19,22 @@ import pyarrow.parquet as pq
 import pytest
 from helpers.synthetic import synthetic_task, tiny_config
 
-from jbert import functional, hf_export
-from jbert.checkpoint import Checkpointer, CorruptCheckpointError
-from jbert.config import preset
 from jbert.data import corpus as corpus_lib
 from jbert.data import pairs as pairs_lib
 from jbert.data.corpus import FileFilter, Source, build_corpus, iter_files
 from jbert.data.pairs import build_pairs
-from jbert.export import export_run
-from jbert.hf_export import save_pretrained
-from jbert.optim import make_optimizer
-from jbert.pretrain import ensure_data
-from jbert.sharding import make_mesh
-from jbert.state import init_state
-from jbert.train_config import ConfigError, DataConfig, TrainConfig, to_json
-from jbert.trainer import init_params_from, train
+from jbert.hf import save as hf_save
+from jbert.hf.save import save_pretrained
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.ops.sharding import make_mesh
+from jbert.tasks.mlm import ensure_data
+from jbert.training.checkpoint import Checkpointer, CorruptCheckpointError
+from jbert.training.config import ConfigError, DataConfig, TrainConfig, to_json
+from jbert.training.export import export_run
+from jbert.training.optim import make_optimizer
+from jbert.training.state import init_state
+from jbert.training.trainer import init_params_from, train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "helpers" / "kill_worker.py"
@@ -160,7 +161,7 @@ def test_corrupted_latest_checkpoint_is_reported_set_aside_and_the_previous_used
         _corrupt(path, how)
     victim = data_files[0]
     corrupted = victim.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="jbert.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="jbert.training.checkpoint"):
         again = train(cfg, synthetic_task(cfg))
     assert again["origin"] == "resumed from step 3"
     assert f"checkpoint step 6 at {step6} is unreadable" in caplog.text
@@ -218,7 +219,7 @@ def test_export_interrupted_leaves_the_old_directory(tmp_path, monkeypatch):
     out = save_pretrained(tmp_path / "export", config, params)
     before = _snapshot(out)
     # config.json, then the sentence-transformers files: fail after the first file.
-    _failing_after(monkeypatch, hf_export.json, "dumps", 1)
+    _failing_after(monkeypatch, hf_save.json, "dumps", 1)
     with pytest.raises(OSError, match="disk gone"):
         save_pretrained(out, config, functional.init_params(config, jax.random.key(1)),
                         overwrite=True)
@@ -273,7 +274,7 @@ _FORBIDDEN = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "
 
 def test_no_pickle_or_code_execution_in_the_package():
     """Names that load pickles or run strings as code, in code (not comments or strings).
-    The one exception: train_config.load_config runs the config file the user named."""
+    The one exception: jbert.training.config.load_config runs the config file the user named."""
     found = []
     for path in sorted((ROOT / "jbert").rglob("*.py")) + sorted((ROOT / "train").rglob("*.py")):
         with tokenize.open(path) as f:
@@ -287,7 +288,7 @@ def test_no_pickle_or_code_execution_in_the_package():
             if tok.string == "load" and dotted == "torch":
                 found.append(f"{path.relative_to(ROOT)}:{tok.start[0]}: torch.load")
     assert found == [], found
-    config_loader = (ROOT / "jbert" / "train_config.py").read_text()
+    config_loader = (ROOT / "jbert" / "training" / "config.py").read_text()
     assert config_loader.count("exec_module(") == 1
 
 

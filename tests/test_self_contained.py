@@ -14,12 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from jbert import functional
-from jbert.config import preset
 from jbert.data.tokenizer import train_tokenizer
-from jbert.embedder import Embedder
-from jbert.hf import load_pretrained
-from jbert.hf_export import AUTO_CLASSES, SELF_CONTAINED_FILES, hf_config_dict, save_pretrained
+from jbert.evaluation.embedder import Embedder
+from jbert.hf.load import load_pretrained
+from jbert.hf.save import AUTO_CLASSES, SELF_CONTAINED_FILES, hf_config_dict, save_pretrained
+from jbert.model import functional
+from jbert.model.config import preset
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -198,9 +198,9 @@ def test_what_transformers_saves_again_loads_back_into_jbert(tmp_path):
 def test_a_self_contained_export_never_imports_torch_in_jbert(tmp_path):
     code = f"""
 import sys, jax
-from jbert import functional
-from jbert.config import preset
-from jbert.hf_export import save_pretrained
+from jbert.model import functional
+from jbert.model.config import preset
+from jbert.hf.save import save_pretrained
 config = preset("tiny", num_hidden_layers=1)
 save_pretrained({str(tmp_path / "m")!r}, config, functional.init_params(config, jax.random.key(0)),
                 self_contained=True)

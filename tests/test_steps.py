@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 from helpers.synthetic import global_batch, tiny_model
 
-from jbert import functional
-from jbert.steps import labelled_positions, mlm_loss_fn
+from jbert.model import functional
+from jbert.tasks.mlm import labelled_positions, mlm_loss_fn
 
 
 def test_labelled_positions_come_first_in_order():

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jbert.train_config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    load_config,
-    parse_cli,
-    usage_errors,
-)
+from jbert.training.cli import parse_cli, usage_errors
+from jbert.training.config import ConfigError, TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "pretrain_tiny.py")
@@ -68,8 +62,8 @@ def test_bad_config_files(tmp_path):
     with pytest.raises(ConfigError, match="pretrain_tiny.py: unknown argument 'fast'"):
         load_config(TINY + ":fast")
     typo = tmp_path / "typo.py"
-    typo.write_text("from jbert.optim import OptimConfig\nfrom jbert.train_config import "
-                    "TrainConfig\n\ndef get_config(arg):\n"
+    typo.write_text("from jbert.training.optim import OptimConfig\n"
+                    "from jbert.training.config import TrainConfig\n\ndef get_config(arg):\n"
                     "    return TrainConfig(optim=OptimConfig(lr=1.0))\n")
     with pytest.raises(ConfigError, match="typo.py: .*unexpected keyword argument 'lr'"):
         load_config(str(typo))
@@ -170,7 +164,7 @@ def test_bad_multihost_flags_are_one_line_before_anything_starts(flags, culprit,
 
 
 def test_training_cli_takes_the_multihost_flags_and_rejects_others():
-    from jbert.train_config import parse_training_cli
+    from jbert.training.cli import parse_training_cli
 
     config = parse_training_cli(["--config", TINY, "--config.steps=5"])
     assert config.steps == 5

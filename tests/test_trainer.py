@@ -13,12 +13,12 @@ import pytest
 from helpers.synthetic import global_batch, synthetic_task, tiny_config
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jbert.optim import make_optimizer
-from jbert.sharding import batch_sharding, make_mesh
-from jbert.state import init_state
-from jbert.steps import train_step
-from jbert.train_config import MeshConfig
-from jbert.trainer import NonFiniteError, train
+from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
+from jbert.training.config import MeshConfig
+from jbert.training.optim import make_optimizer
+from jbert.training.state import init_state
+from jbert.training.step import train_step
+from jbert.training.trainer import NonFiniteError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,9 +34,10 @@ def _run_steps(cfg, mesh, steps=3):
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(mesh, cfg.model, task.head, tx, cfg.seed)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(lambda s, b: train_step(s, b, loss_fn=task.loss_fn, tx=tx),
-                      in_shardings=(state_sh, batch_sharding(mesh)),
-                      out_shardings=(state_sh, None), donate_argnums=0)
+    # with the mesh set, as the trainer runs it: the activation constraints apply
+    step_fn = with_mesh(jax.jit(lambda s, b: train_step(s, b, loss_fn=task.loss_fn, tx=tx),
+                                in_shardings=(state_sh, batch_sharding(mesh)),
+                                out_shardings=(state_sh, None), donate_argnums=0), mesh)
     losses = []
     for i in range(steps):
         batch = {**global_batch(i), "scale": np.ones(16, np.float32)}
@@ -66,11 +67,11 @@ def test_params_and_moments_are_sharded(tmp_path):
     tx = make_optimizer(cfg.optim, cfg.steps)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     state = init_state(mesh, cfg.model, "masked_lm", tx, 0)
-    kernel = state["params"]["bert"]["encoder"]["layer"][0]["mlp"]["gated_layers"]["kernel"]
-    assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
+    kernel = state["params"]["bert"]["encoder"]["layer"]["mlp"]["gated_layers"]["kernel"]
+    assert kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
     assert len(kernel.addressable_shards) == 8 and kernel.addressable_shards[0].data.shape == (
-        16, 64)
-    adam_mu = state["opt_state"][1][0].mu["bert"]["encoder"]["layer"][0]["mlp"]["gated_layers"]
+        2, 16, 64)
+    adam_mu = state["opt_state"][1][0].mu["bert"]["encoder"]["layer"]["mlp"]["gated_layers"]
     assert adam_mu["kernel"].sharding == kernel.sharding
     assert isinstance(state["step"].sharding, NamedSharding)
 
@@ -112,8 +113,8 @@ def test_resume_onto_another_mesh(tmp_path):
     train(first, synthetic_task(first), stop_at=3)
     moved = tiny_config(tmp_path / "moved", steps=6, mesh=MeshConfig(data=1, fsdp=4, tensor=2))
     second = train(moved, synthetic_task(moved))
-    kernel = second["state"]["params"]["bert"]["encoder"]["layer"][0]["mlp"]["wo"]["kernel"]
-    assert kernel.sharding.spec == PartitionSpec("tensor", "fsdp")
+    kernel = second["state"]["params"]["bert"]["encoder"]["layer"]["mlp"]["wo"]["kernel"]
+    assert kernel.sharding.spec == PartitionSpec(None, "tensor", "fsdp")
     for a, b in zip(jax.tree.leaves(jax.device_get(reference["state"]["params"])),
                     jax.tree.leaves(jax.device_get(second["state"]["params"])), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5)

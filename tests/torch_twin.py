@@ -1,6 +1,6 @@
 """A PyTorch twin of JinaBERT, written from the spec (../shared/JINABERT.md), not from jbert.
 
-It is the second opinion for `jbert.hf`: module and parameter names follow Jina's official
+It is the second opinion for `jbert.hf.load`: module and parameter names follow Jina's official
 implementation, so `state_dict()` keys are the released tensor names, and `save_twin` /
 `load_twin` read and write checkpoint directories the way `transformers` does (safetensors,
 tied MLM decoder dropped on save). Both layouts: base-en/small-en (`mlp.gated_layers`) and

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from jbert.errors import CorruptCheckpointError, InputError
-from jbert.train_config import parse_training_cli, usage_errors
+from jbert.training.cli import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
-    from jbert.contrastive import contrastive_task
-    from jbert.export import export_run
-    from jbert.sharding import make_mesh
-    from jbert.trainer import train
+    from jbert.ops.sharding import make_mesh
+    from jbert.tasks.contrastive import contrastive_task
+    from jbert.training.export import export_run
+    from jbert.training.trainer import train
 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     with usage_errors():  # missing data or pairs

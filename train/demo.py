@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--contrastive-steps", type=int, help="default: configs/contrastive_tiny.py's")
     a = p.parse_args(argv)
 
-    from jbert.demo import run
+    from jbert.tasks.demo import run
 
     run(a.workdir, mlm_steps=a.mlm_steps, contrastive_steps=a.contrastive_steps)
 

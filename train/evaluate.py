@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.model is None and not args.bm25 and not args.write_beir:
         parser.error("nothing to evaluate: give --model, or drop --no-bm25")
 
-    from jbert.beir import load_beir, pairs_to_sets, sample_queries, write_beir
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
-    from jbert.evaluation import evaluate_retrieval, load_encoder
-    from jbert.train_config import usage_errors
+    from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
+    from jbert.evaluation.retrieval import evaluate_retrieval, load_encoder
+    from jbert.training.cli import usage_errors
 
     with usage_errors():
         if args.pairs:

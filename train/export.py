@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="ship jbert's own modeling code (loads with transformers 4 and 5)")
     a = p.parse_args(argv)
 
-    from jbert.export import export_run
-    from jbert.train_config import usage_errors
+    from jbert.training.cli import usage_errors
+    from jbert.training.export import export_run
 
     with usage_errors():
         out = export_run(a.checkpoint, a.out, step=a.step, tokenizer=a.tokenizer, head=a.head,

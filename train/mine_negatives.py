@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from jbert.atomic import atomic_dir
+    from jbert.data.atomic import atomic_dir
     from jbert.data.pair_batches import load_pairs
-    from jbert.mining import MiningConfig, bm25_negatives, dense_negatives
-    from jbert.train_config import ConfigError, usage_errors
+    from jbert.tasks.mining import MiningConfig, bm25_negatives, dense_negatives
+    from jbert.training.cli import ConfigError, usage_errors
 
     src, out = Path(args.pairs), Path(args.out)
     with usage_errors():
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   replace=False))
             pairs = [pairs[i] for i in keep]
         if args.model:
-            from jbert.embedder import Embedder
-            from jbert.evaluation import load_encoder
+            from jbert.evaluation.embedder import Embedder
+            from jbert.evaluation.retrieval import load_encoder
 
             config, params, tokenizer = load_encoder(args.model)
     started = time.perf_counter()

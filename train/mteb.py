@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="keep results already in --out (same model only)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from jbert.mteb_encoder import mteb_encoder, run, select_tasks
-    from jbert.train_config import ConfigError, usage_errors
+    from jbert.evaluation.mteb_encoder import mteb_encoder, run, select_tasks
+    from jbert.training.cli import ConfigError, usage_errors
 
     def names(arg: str | None) -> list[str]:
         return [x.strip() for x in (arg or "").split(",") if x.strip()]

@@ -12,7 +12,7 @@ import argparse
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
 from jbert.data.prepare import PrepareConfig, prepare_data
 from jbert.data.tokenizer import load_tokenizer
-from jbert.train_config import usage_errors
+from jbert.training.cli import usage_errors
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import json
 import sys
 
 from jbert.errors import CorruptCheckpointError, InputError
-from jbert.train_config import parse_training_cli, usage_errors
+from jbert.training.cli import parse_training_cli, usage_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
-    from jbert.pretrain import mlm_task
-    from jbert.trainer import train
+    from jbert.tasks.mlm import mlm_task
+    from jbert.training.trainer import train
 
     with usage_errors():  # a missing data.dir
         task, facts = mlm_task(config, jax.process_count())

@@ -17,13 +17,13 @@ import os
 import re
 import sysconfig
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jbert.atomic import atomic_dir
+from jbert.data.atomic import atomic_dir
 from jbert.data.languages import PROSE_LANGUAGES, detect_language
 
 SKIP_REASONS = (
@@ -379,11 +379,3 @@ def load_corpus(spec: str | os.PathLike, split: str = "train", streaming: bool =
         kind = "json" if spec.endswith((".jsonl", ".json", ".jsonl.gz")) else "parquet"
         return datasets.load_dataset(kind, data_files=spec, split="train", streaming=streaming)
     return datasets.load_dataset(spec, split=split, streaming=streaming)
-
-
-def iter_texts(records: Iterable[dict], languages: Sequence[str] | None = None) -> Iterator[str]:
-    """The `text` of each record, optionally only for some languages."""
-    wanted = set(languages) if languages else None
-    for r in records:
-        if wanted is None or r["language"] in wanted:
-            yield r["text"]

@@ -32,9 +32,9 @@ import grain
 import numpy as np
 from tokenizers import Tokenizer
 
+from jbert.data.labels import IGNORE_INDEX
 from jbert.data.tokenizer import SpecialIds, special_ids
 
-IGNORE_INDEX = -100
 # A piece shorter than this is not worth its CLS and SEP: at 8 tokens the specials are a fifth of
 # the piece and the masked tokens still see some context. Rows end at most this short of full.
 MIN_PIECE_TOKENS = 8

@@ -15,12 +15,12 @@ import os
 import re
 import textwrap
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jbert.atomic import atomic_dir
+from jbert.data.atomic import atomic_dir
 from jbert.data.split import SplitConfig, code_hash, split_pairs
 
 HELDOUT_REPOS = "heldout_repos.json"
@@ -306,9 +306,3 @@ def heldout_repos(pairs_dir: str | os.PathLike) -> set[str]:
     """The repos whose pairs are held out (empty for pairs built before the stratified split)."""
     path = Path(pairs_dir) / HELDOUT_REPOS
     return set(json.loads(path.read_text())) if path.is_file() else set()
-
-
-def iter_pair_records(records: Iterable[dict]) -> Iterator[dict]:
-    """Pairs from corpus records of any origin (for example a hub dataset), not de-duplicated."""
-    for record in records:
-        yield from _extract_record(record)[0]

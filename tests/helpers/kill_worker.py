@@ -18,9 +18,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helpers.synthetic import SyntheticBatches, synthetic_task, tiny_config  # noqa: E402
-from jbert import checkpoint  # noqa: E402
-from jbert.train_config import MeshConfig  # noqa: E402
-from jbert.trainer import train  # noqa: E402
+from jbert.training import checkpoint  # noqa: E402
+from jbert.training.config import MeshConfig  # noqa: E402
+from jbert.training.trainer import train  # noqa: E402
 
 workdir, steps = sys.argv[1], int(sys.argv[2])
 cfg = dataclasses.replace(tiny_config(workdir, steps=steps, mesh=MeshConfig(data=1)),

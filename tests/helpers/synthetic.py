@@ -12,11 +12,11 @@ import signal
 
 import numpy as np
 
-from jbert.config import preset
-from jbert.optim import OptimConfig
-from jbert.steps import mlm_loss_fn
-from jbert.train_config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
-from jbert.trainer import Task
+from jbert.model.config import preset
+from jbert.tasks.mlm import mlm_loss_fn
+from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
+from jbert.training.optim import OptimConfig
+from jbert.training.trainer import Task
 
 VOCAB, LENGTH, ROWS = 128, 32, 16
 

@@ -1,0 +1,1 @@
+"""What the notebooks show: length extrapolation, diagnostics, plots, parameter tables."""

@@ -1,0 +1,70 @@
+"""Retrieval diagnostics for reports: per-language metrics and similarity statistics, built on
+`jbert.evaluation.retrieval` (same held-out set, same tie rule, same BM25).
+
+Shapes: Q queries, N documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jbert.evaluation.beir import RetrievalSet, pairs_to_sets
+from jbert.evaluation.retrieval import SYSTEMS, SetEvaluator
+
+
+@dataclasses.dataclass
+class RetrievalReport:
+    """`metrics` {system: {metric: value}}, `per_language` {language: {system: {metric}}},
+    `counts` {language: queries}, and the model's cosine similarities split into positives
+    (every relevant pair), negatives (a sample of the other scores) and each query's hardest
+    negative [Q]."""
+
+    metrics: dict[str, dict[str, float]]
+    per_language: dict[str, dict[str, dict[str, float]]]
+    counts: dict[str, int]
+    positive_sims: np.ndarray
+    negative_sims: np.ndarray
+    hardest_negative_sims: np.ndarray
+
+
+def similarity_split(scores_QN: np.ndarray, rs: RetrievalSet, max_negatives: int = 200_000,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positive [relevant pairs], negatives (at most `max_negatives`, sampled), hardest negative
+    [Q]) cosine similarities of one set's score matrix."""
+    scores_QN = np.asarray(scores_QN, np.float64)
+    doc_index = {d: j for j, d in enumerate(rs.doc_ids)}
+    is_rel_QN = np.zeros(scores_QN.shape, bool)
+    for i, q in enumerate(rs.query_ids):
+        is_rel_QN[i, [doc_index[d] for d in rs.qrels[q]]] = True
+    negatives = scores_QN[~is_rel_QN]
+    if len(negatives) > max_negatives:
+        negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
+    hardest_Q = np.where(is_rel_QN, -np.inf, scores_QN).max(axis=1)
+    return scores_QN[is_rel_QN], negatives, hardest_Q
+
+
+def retrieval_report(config: Any, params: Any, tokenizer: Any, pairs: Sequence[dict], *,
+                     max_queries: int | None = None, max_query_length: int = 64,
+                     max_doc_length: int = 256, bm25: bool = True,
+                     model_name: str = "model") -> RetrievalReport:
+    """Scores the held-out pairs (one set per language, `beir.pairs_to_sets`) with the
+    encoder, BM25 and their fusion, and gathers what the plots show; `metrics` are macro
+    averages over the languages."""
+    sets = pairs_to_sets(pairs, max_queries)
+    evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
+                             max_doc_length=max_doc_length, bm25=bm25)
+    dense = evaluator.dense_scores(params)
+    names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
+             "linear": "hybrid (linear)"}
+    result = evaluator.results(dense)
+    metrics = {names[s]: m for s, m in result["macro"].items()}
+    per_language = {lang: {names[s]: r[s] for s in SYSTEMS if s in r}
+                    for lang, r in result["sets"].items()}
+    counts = {rs.name: len(rs.queries) for rs in sets}
+    splits = [similarity_split(d, rs) for d, rs in zip(dense, sets, strict=True)]
+    pos, neg, hardest = (np.concatenate(parts) for parts in zip(*splits, strict=True))
+    return RetrievalReport(metrics, per_language, counts, pos, neg, hardest)

@@ -1,0 +1,1 @@
+"""Embedding and retrieval evaluation: the Embedder, BEIR sets, IR metrics, BM25, mteb."""

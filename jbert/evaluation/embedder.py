@@ -1,0 +1,187 @@
+"""Sentence embeddings from text, like the released models' `encode`.
+
+Texts are tokenised in one batch call (CLS, up to `max_length - 2` tokens, SEP) and packed:
+longest first, each text goes to the open row with the least room that still holds it
+(best-fit decreasing), else opens a row of the shortest pack length that holds it. A row's texts
+carry segment ids 1..S, attention stays inside a text and ALiBi only sees distances, so a text's
+embedding is the one it gets alone, and under 5% of the positions computed are padding on
+real mixes of lengths. Shapes stay few for jit: row lengths are powers of two from
+`PACK_LENGTH` to `max_length`, and each call holds about `batch_size * PACK_LENGTH` tokens (the
+rows left over go in calls of power-of-two row counts, so no call carries an empty row).
+
+`pack=False` is the plain path, kept as the baseline: texts sorted by length, one per row,
+`batch_size` rows per call padded to the next power of two (up to half the positions wasted).
+The L2-normalised mean-pooled embeddings come back in input order either way.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import tokenizers
+
+from jbert.data.tokenizer import encode_with_specials
+from jbert.model import functional
+from jbert.model.config import JinaBertConfig
+
+MIN_BUCKET = 16
+# Shortest packed row: long enough that a row holds many short texts (little room left at the
+# end), short enough that attention over the row stays a small part of the cost.
+PACK_LENGTH = 512
+# A row holds at most length // 8 texts, which fixes the pooled output's segment axis; only texts
+# under 8 tokens on average (CLS + SEP + 6) could leave a row part-empty.
+MIN_TOKENS_PER_TEXT = 8
+
+
+def texts_per_row(length: int) -> int:
+    """The most texts a packed row of `length` tokens holds (its number of segments)."""
+    return max(1, length // MIN_TOKENS_PER_TEXT)
+
+
+def bucket_lengths(max_length: int) -> list[int]:
+    """Powers of two from MIN_BUCKET, capped by (and ending at) `max_length`."""
+    lengths, length = [], MIN_BUCKET
+    while length < max_length:
+        lengths.append(length)
+        length *= 2
+    return lengths + [max_length]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderCall:
+    """One encoder call: `num_rows` rows of `length` tokens; `rows[r]` lists the texts laid end to
+    end in row r, at most `num_segments` (unpacked: one text per row, and a short last call lists
+    fewer rows than it computes)."""
+
+    length: int
+    num_rows: int
+    num_segments: int
+    rows: tuple[tuple[int, ...], ...]
+
+
+def plan_calls(lengths: Sequence[int], max_length: int, batch_size: int,
+               pack: bool = True) -> list[EncoderCall]:
+    """The encoder calls that embed texts of these token counts (specials included), packed or
+    one text per row (see the module docstring)."""
+    order = [int(i) for i in np.argsort([-n for n in lengths], kind="stable")]
+    if not pack:
+        buckets = bucket_lengths(max_length)
+        calls = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            length = next(b for b in buckets if b >= max(1, lengths[rows[0]]))
+            calls.append(EncoderCall(length, batch_size, 1, tuple((i,) for i in rows)))
+        return calls
+    pack_lengths = [b for b in bucket_lengths(max_length) if b >= min(PACK_LENGTH, max_length)]
+    rows: list[list[int]] = []  # text indices per row
+    row_length: list[int] = []
+    room: list[tuple[int, int]] = []  # (free positions, row) of the rows still open, sorted
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(room, (n, -1))
+        if at < len(room):
+            free, r = room.pop(at)
+        else:
+            r, free = len(rows), next(b for b in pack_lengths if b >= n)
+            rows.append([])
+            row_length.append(free)
+        rows[r].append(i)
+        free -= n
+        if free and len(rows[r]) < texts_per_row(row_length[r]):
+            bisect.insort(room, (free, r))
+    calls = []
+    for length in pack_lengths:
+        same = [tuple(rows[r]) for r in range(len(rows)) if row_length[r] == length]
+        per_call = max(1, batch_size * pack_lengths[0] // length)
+        sizes = [per_call] * (len(same) // per_call)
+        rest = len(same) % per_call
+        sizes += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
+        start = 0
+        for size in sizes:
+            calls.append(EncoderCall(length, size, texts_per_row(length),
+                              tuple(same[start : start + size])))
+            start += size
+    return calls
+
+
+def padding_fraction(calls: Sequence[EncoderCall], lengths: Sequence[int]) -> float:
+    """Share of the positions the calls compute that hold no text token."""
+    computed = sum(c.num_rows * c.length for c in calls)
+    return 1.0 - sum(lengths) / computed if computed else 0.0
+
+
+class Embedder:
+    """`encode(texts)` for a base model's params and its tokenizer."""
+
+    def __init__(self, config: JinaBertConfig, params: functional.Params | None,
+                 tokenizer: tokenizers.Tokenizer, *, max_length: int = 8192):
+        if max_length > config.max_position_embeddings:
+            raise ValueError(f"max_length={max_length} exceeds the model's "
+                             f"max_position_embeddings={config.max_position_embeddings}")
+        self.config = config
+        # None: weights come later through `set_params`.
+        self.params = None if params is None else functional.encoder_params(params)
+        # A private copy without the file's padding or truncation settings: lengths are ours.
+        self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.max_length = max_length
+        self.last_padding_fraction = 0.0  # of the last `encode`'s calls, for benchmarks and tests
+        self._embed = jax.jit(functools.partial(functional.embed, config),
+                              static_argnames=("num_segments", "normalize"))
+
+    def set_params(self, params: functional.Params) -> None:
+        """Embed with other weights of the same model (same shapes: nothing recompiles)."""
+        self.params = functional.encoder_params(params)
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        return encode_with_specials(self.tokenizer, texts, max_length)
+
+    def encode(self, texts: Sequence[str] | str, *, max_length: int | None = None,
+               batch_size: int = 32, normalize: bool = True, pack: bool = True) -> np.ndarray:
+        """Embeddings [N, D] (float32) of `texts`, in input order; a single string gives [D].
+
+        `batch_size` is texts per call unpacked, rows of `PACK_LENGTH` tokens per call packed.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        max_length = self.max_length if max_length is None else max_length
+        if not 2 <= max_length <= self.max_length:
+            raise ValueError(f"max_length={max_length} must be in [2, {self.max_length}]")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        out_ND = self.encode_tokens(self.tokenize(texts, max_length), max_length=max_length,
+                                    batch_size=batch_size, normalize=normalize, pack=pack)
+        return out_ND[0] if single else out_ND
+
+    def encode_tokens(self, ids: Sequence[Sequence[int]], *, max_length: int | None = None,
+                      batch_size: int = 32, normalize: bool = True, pack: bool = True
+                      ) -> np.ndarray:
+        """`encode` of texts already tokenised by `tokenize` (an evaluation that embeds the same
+        texts with changing params tokenises them once)."""
+        max_length = self.max_length if max_length is None else max_length
+        lengths = [len(x) for x in ids]
+        calls = plan_calls(lengths, max_length, batch_size, pack)
+        out_ND = np.zeros((len(ids), self.config.hidden_size), np.float32)
+        for call in calls:
+            ids_BL = np.full((call.num_rows, call.length), self.config.pad_token_id, np.int32)
+            segment_ids_BL = np.zeros((call.num_rows, call.length), np.int32)
+            for r, row in enumerate(call.rows):
+                at = 0
+                for s, i in enumerate(row, start=1):
+                    ids_BL[r, at : at + lengths[i]] = ids[i]
+                    segment_ids_BL[r, at : at + lengths[i]] = s
+                    at += lengths[i]
+            emb_BSD = np.asarray(self._embed(
+                self.params, ids_BL, (segment_ids_BL > 0).astype(np.int32),
+                np.zeros_like(ids_BL), segment_ids_BL, num_segments=call.num_segments,
+                normalize=normalize))
+            for r, row in enumerate(call.rows):
+                out_ND[list(row)] = emb_BSD[r, : len(row)]
+        self.last_padding_fraction = padding_fraction(calls, lengths)
+        return out_ND

@@ -1,0 +1,274 @@
+"""Code retrieval evaluation on retrieval sets (`jbert.evaluation.beir.RetrievalSet`: a BEIR-layout
+dir, or our held-out pairs as one set per language): every query against the set's whole corpus,
+scored by an embedding model, by BM25 with identifiers split, and by their fusion.
+
+Metrics are those BEIR and CoIR report through pytrec_eval, computed the same way (tests check
+against pytrec_eval): nDCG@10 with graded relevance (the headline), MRR@10, recall@1/10/100 over
+the top 100 documents, equal scores ordered by document id as trec_eval orders them. Sets are
+macro-averaged, each weighing the same. Shapes: Q queries, N documents, D embedding width.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# -- BM25 ------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z]+|\d+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def code_tokens(text: str) -> list[str]:
+    """Lower-cased words with identifiers split too (`getHTTPResponse`, `read_file` -> parts),
+    keeping the whole identifier as well: the usual BM25 setup for code search."""
+    out = []
+    for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\d+", text):
+        parts = [m.lower() for w in _WORD.findall(ident) for m in _CAMEL.findall(w)]
+        out.extend(parts)
+        if len(parts) > 1:
+            out.append(ident.lower())
+    return out
+
+
+class BM25Index:
+    """BM25 (bm25s, Lucene variant, k1=1.5, b=0.75) over a corpus, with code tokenisation."""
+
+    def __init__(self, corpus: Sequence[str]):
+        import logging
+
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index at DEBUG
+        self.size = len(corpus)
+        self._retriever = bm25s.BM25()
+        self._retriever.index([code_tokens(t) or ["<empty>"] for t in corpus],
+                              show_progress=False)
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """[Q, N] BM25 scores."""
+        out_QN = np.zeros((len(queries), self.size), np.float32)
+        for i, q in enumerate(queries):
+            out_QN[i] = self._retriever.get_scores(code_tokens(q))
+        return out_QN
+
+    def top(self, queries: Sequence[str], k: int) -> np.ndarray:
+        """[Q, k] indices of the best-scoring documents, best first."""
+        scores_QN = self.scores(queries)
+        return np.argsort(-scores_QN, axis=1, kind="stable")[:, :k]
+
+
+# -- embedding models ------------------------------------------------------------------------
+
+
+def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
+    """(model config, encoder params, tokenizer) of an HF export dir or a jbert run dir (its
+    latest checkpoint, tokenizer from the run's data dir): the untuned MLM backbone or a tuned
+    model, evaluated the same way."""
+    from jbert.data.tokenizer import load_tokenizer
+    from jbert.hf.load import load_pretrained
+    from jbert.model import functional
+    from jbert.training.export import is_hf_export, load_run_params, run_config
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: neither an HF export (config.json, model.safetensors) "
+                                "nor a jbert run directory (config.json, checkpoints/)")
+    if is_hf_export(path):
+        config, params = load_pretrained(path, head="base")
+        return config, params, load_tokenizer(path)
+    config, params, _, _ = load_run_params(path)
+    return config, functional.encoder_params(params), load_tokenizer(
+        Path(run_config(path).data.dir) / "tokenizer")
+
+
+# -- graded-relevance evaluation of retrieval sets (BEIR layout, our pairs per language) -----
+
+IR_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
+RUN_DEPTH = 100  # documents kept per query, as BEIR's evaluation keeps
+SYSTEMS = ("dense", "bm25", "rrf", "linear")
+
+
+def rank_documents(scores_QN: np.ndarray, doc_ids: Sequence[str], k: int = RUN_DEPTH,
+                   chunk: int = 256) -> np.ndarray:
+    """[Q, min(k, N)] document indices, best first; equal scores are ordered by document id,
+    highest first, which is trec_eval's (and so pytrec_eval's) tie rule."""
+    tie_order_N = np.argsort(np.asarray(doc_ids, dtype=object), kind="stable")[::-1]
+    k = min(k, len(doc_ids))
+    out = []
+    for start in range(0, len(scores_QN), chunk):
+        s_qN = np.asarray(scores_QN[start:start + chunk], np.float64)[:, tie_order_N]
+        out.append(tie_order_N[np.argsort(-s_qN, axis=1, kind="stable")[:, :k]])
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def per_query_metrics(top_QK: np.ndarray, rs: Any) -> dict[str, np.ndarray]:
+    """`IR_METRICS` of each query of a `beir.RetrievalSet` from its ranked documents:
+    nDCG with linear gains and log2 discounts (trec_eval's ndcg_cut), MRR of the first relevant
+    document within 10, recall as the share of the relevant documents retrieved."""
+    out = {m: np.zeros(len(rs.query_ids)) for m in IR_METRICS}
+    discount_10 = 1.0 / np.log2(np.arange(2, 12))
+    for i, q in enumerate(rs.query_ids):
+        rel = rs.qrels[q]
+        gains = np.array([rel.get(rs.doc_ids[j], 0) for j in top_QK[i]], np.float64)
+        ideal = np.sort(np.array(list(rel.values()), np.float64))[::-1][:10]
+        idcg = float(ideal @ discount_10[:len(ideal)])
+        g10 = gains[:10]
+        out["ndcg@10"][i] = float(g10 @ discount_10[:len(g10)]) / idcg if idcg > 0 else 0.0
+        hits = np.flatnonzero(g10 > 0)
+        out["mrr@10"][i] = 1.0 / (hits[0] + 1) if len(hits) else 0.0
+        n_rel = sum(1 for v in rel.values() if v > 0)
+        for k in (1, 10, 100):
+            out[f"recall@{k}"][i] = np.count_nonzero(gains[:k] > 0) / max(n_rel, 1)
+    return out
+
+
+def set_metrics(scores_QN: np.ndarray, rs: Any) -> dict[str, float]:
+    """Mean `IR_METRICS` over the set's queries of a [Q, N] score matrix."""
+    per_query = per_query_metrics(rank_documents(scores_QN, rs.doc_ids), rs)
+    return {m: float(np.mean(v)) if len(v) else 0.0 for m, v in per_query.items()}
+
+
+def rrf_scores(*scores_QN: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion: sum over systems of 1 / (k + rank)."""
+    fused_QN = np.zeros(np.shape(scores_QN[0]), np.float64)
+    for s_QN in scores_QN:
+        rank_QN = np.argsort(np.argsort(-np.asarray(s_QN, np.float64), axis=1, kind="stable"),
+                             axis=1, kind="stable") + 1
+        fused_QN += 1.0 / (k + rank_QN)
+    return fused_QN
+
+
+def _zscore(s_QN: np.ndarray) -> np.ndarray:
+    s_QN = np.asarray(s_QN, np.float64)
+    std_Q1 = s_QN.std(axis=1, keepdims=True)
+    return (s_QN - s_QN.mean(axis=1, keepdims=True)) / np.where(std_Q1 > 0, std_Q1, 1.0)
+
+
+def linear_fusion(dense_QN: np.ndarray, bm25_QN: np.ndarray, rs: Any, folds: int = 2,
+                  alphas: Sequence[float] = tuple(np.linspace(0.0, 1.0, 21)), seed: int = 0
+                  ) -> tuple[dict[str, float], list[float]]:
+    """alpha * z(dense) + (1 - alpha) * z(BM25), scores standardised per query, with alpha
+    tuned by cross-validation over the queries: each fold is scored with the alpha that gives
+    the best mean nDCG@10 on the other folds, so no query picks its own weight. Returns the
+    metrics over all queries and the alpha of each fold."""
+    z_dense, z_bm25 = _zscore(dense_QN), _zscore(bm25_QN)
+    fold_Q = np.random.default_rng(seed).permutation(len(rs.query_ids)) % folds
+    ndcg_AQ = np.stack([
+        per_query_metrics(rank_documents(a * z_dense + (1 - a) * z_bm25, rs.doc_ids), rs
+                          )["ndcg@10"] for a in alphas])
+    chosen = []
+    fused_QN = np.zeros_like(z_dense)
+    for f in range(folds):
+        others = fold_Q != f
+        best = float(alphas[int(np.argmax(ndcg_AQ[:, others].mean(axis=1)))]) if others.any() \
+            else 0.5
+        chosen.append(best)
+        rows = fold_Q == f
+        fused_QN[rows] = best * z_dense[rows] + (1 - best) * z_bm25[rows]
+    return set_metrics(fused_QN, rs), chosen
+
+
+def evaluate_set(rs: Any, dense_QN: np.ndarray | None = None, bm25_QN: np.ndarray | None = None,
+                 linear: bool = True) -> dict[str, dict[str, float]]:
+    """{system: metrics} for the systems whose scores are given: `dense`, `bm25`, and with both
+    the hybrids `rrf` and (with `linear`) the cross-validated `linear` fusion."""
+    out = {}
+    if dense_QN is not None:
+        out["dense"] = set_metrics(dense_QN, rs)
+    if bm25_QN is not None:
+        out["bm25"] = set_metrics(bm25_QN, rs)
+    if dense_QN is not None and bm25_QN is not None:
+        out["rrf"] = set_metrics(rrf_scores(dense_QN, bm25_QN), rs)
+        if linear:
+            metrics, alphas = linear_fusion(dense_QN, bm25_QN, rs)
+            out["linear"] = {**metrics, "alpha_mean": float(np.mean(alphas))}
+    return out
+
+
+def macro_average(per_set: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """{system: metric means over the sets} (every set weighs the same, whatever its size)."""
+    systems = [s for s in SYSTEMS if all(s in r for r in per_set.values())]
+    return {s: {m: float(np.mean([r[s][m] for r in per_set.values()])) for m in IR_METRICS}
+            for s in systems}
+
+
+class SetEvaluator:
+    """Dense, BM25 and hybrid retrieval on fixed sets for params that change (the trainer's
+    evaluation, `train.evaluate`): texts tokenised once, one `Embedder` (compiled once per
+    shape), BM25 scored once."""
+
+    def __init__(self, config: Any, tokenizer: Any, sets: Sequence[Any], *,
+                 max_query_length: int = 64, max_doc_length: int = 256, bm25: bool = True,
+                 batch_size: int = 64):
+        from jbert.evaluation.embedder import Embedder
+
+        self.sets = list(sets)
+        self.lengths = (max_query_length, max_doc_length)
+        self.batch_size = batch_size
+        self.embedder = (Embedder(config, None, tokenizer, max_length=max(self.lengths))
+                         if config is not None else None)  # None: BM25 only
+        self.tokens = ([(self.embedder.tokenize(rs.queries, max_query_length),
+                         self.embedder.tokenize(rs.docs, max_doc_length)) for rs in self.sets]
+                       if self.embedder else None)
+        self.bm25 = ([BM25Index(rs.docs).scores(rs.queries) for rs in self.sets]
+                     if bm25 else [None] * len(self.sets))
+
+    def dense_scores(self, params: Any) -> list[np.ndarray]:
+        self.embedder.set_params(params)
+        out = []
+        for q_ids, d_ids in self.tokens:
+            q_QD = self.embedder.encode_tokens(q_ids, max_length=self.lengths[0],
+                                               batch_size=self.batch_size)
+            d_ND = self.embedder.encode_tokens(d_ids, max_length=self.lengths[1],
+                                               batch_size=self.batch_size)
+            out.append(q_QD @ d_ND.T)
+        return out
+
+    def __call__(self, params: Any = None, linear: bool = True) -> dict:
+        """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}}."""
+        return self.results(self.dense_scores(params) if params is not None else None, linear)
+
+    def results(self, dense: Sequence[np.ndarray] | None, linear: bool = True) -> dict:
+        """What `__call__` returns, from dense scores already computed (`dense_scores`; None:
+        BM25 alone)."""
+        dense = [None] * len(self.sets) if dense is None else dense
+        per_set = {rs.name: evaluate_set(rs, d, b, linear=linear)
+                   for rs, d, b in zip(self.sets, dense, self.bm25, strict=True)}
+        return {"sets": per_set, "macro": macro_average(per_set),
+                "sizes": {rs.name: {"queries": len(rs.queries), "docs": len(rs.docs)}
+                          for rs in self.sets}}
+
+
+# The names the trainer logs: `retrieval_*` is the dense model's macro average over the sets.
+LOGGED_SYSTEMS = {"dense": "retrieval", "bm25": "bm25", "rrf": "rrf", "linear": "linear"}
+
+
+def logged_metrics(result: dict) -> dict[str, float]:
+    """A `SetEvaluator` result as flat log keys: `retrieval_ndcg@10` (macro), `bm25_ndcg@10`,
+    `rrf_ndcg@10`, and per set `python/retrieval_ndcg@10` and so on."""
+    out = {}
+    for system, name in LOGGED_SYSTEMS.items():
+        for m, v in result["macro"].get(system, {}).items():
+            out[f"{name}_{m}"] = v
+        for set_name, per_system in result["sets"].items():
+            for m, v in per_system.get(system, {}).items():
+                if m in ("ndcg@10", "mrr@10"):
+                    out[f"{set_name}/{name}_{m}"] = v
+    return out
+
+
+def evaluate_retrieval(encoder: tuple[Any, Any, Any] | None, sets: Sequence[Any], *,
+                       bm25: bool = True, max_query_length: int = 64, max_doc_length: int = 256,
+                       linear: bool = True) -> dict:
+    """Dense (`encoder`: `(config, params, tokenizer)` as `load_encoder` gives them; None for
+    BM25 alone), BM25 and hybrid figures on retrieval sets: `{"sets", "macro", "sizes"}` as
+    `SetEvaluator` gives them."""
+    config, params, tokenizer = encoder if encoder is not None else (None, None, None)
+    evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
+                             max_doc_length=max_doc_length, bm25=bm25)
+    return evaluator(params, linear=linear)

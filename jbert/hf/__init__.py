@@ -1,0 +1,1 @@
+"""Hugging Face compatibility: the key map, loading released checkpoints, saving exports."""

@@ -1,0 +1,3 @@
+"""Kernels of the model: symmetric ALiBi, the attention paths behind one function, masks, and the
+logical-axis sharding table.
+"""

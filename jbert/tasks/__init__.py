@@ -1,0 +1,3 @@
+"""Training tasks on the shared stack: masked-LM pretraining, contrastive tuning, hard-negative
+mining, the demo pipeline.
+"""

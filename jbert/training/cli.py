@@ -1,0 +1,168 @@
+"""The training entry points' command line: `--config FILE[:arg]`, `--config.KEY=VALUE`
+overrides, the multi-host flags and `jax.distributed` start-up, and one-line usage errors."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from jbert.errors import ConfigError, CorruptCheckpointError, InputError
+from jbert.training.config import TrainConfig, apply_overrides, load_config
+
+USER_ERRORS = (InputError, CorruptCheckpointError, FileNotFoundError, FileExistsError)
+
+
+@contextlib.contextmanager
+def usage_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Ends the program with one `error: ...` line on stderr and exit status 2 (as argparse does)
+    when the block raises one of `kinds` (default `USER_ERRORS`: bad input, a corrupt checkpoint,
+    a missing/existing path); `JBERT_DEBUG=1` shows the traceback instead. Wrap only the reading
+    of user input: a failure later (during training) keeps its traceback, so `train()` is
+    wrapped with `InputError` and `CorruptCheckpointError` only (its checks at the start).
+    """
+    caught = kinds or USER_ERRORS
+    try:
+        yield
+    except caught as e:
+        if os.environ.get("JBERT_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
+    """`--config FILE[:arg]` plus `--config.a.b=value` overrides; returns the rest of argv."""
+    spec, overrides, rest = None, {}, []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            spec = next(args, None)
+        elif arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg.startswith("--config."):
+            key, sep, value = arg[len("--config."):].partition("=")
+            if not sep:
+                value = next(args, None)
+                if value is None:
+                    raise ConfigError(f"--config.{key} needs a value")
+            overrides[key] = value
+        else:
+            rest.append(arg)
+    if spec is None:
+        raise ConfigError("--config FILE is required (e.g. --config configs/pretrain_tiny.py)")
+    return apply_overrides(load_config(spec), overrides), rest
+
+
+CONFIG_HELP = """\
+config:
+  --config FILE[:ARG]   the recipe: a Python file with get_config(arg) (see configs/)
+  --config.KEY=VALUE    override any field of it, e.g. --config.steps=100
+                        --config.optim.learning_rate=3e-4 --config.workdir=runs/try
+  --config FILE --help  list every KEY with its type and current value (overrides applied)
+
+Starting the same command again resumes the run in its workdir; JBERT_DEBUG=1 shows the
+traceback of an error instead of its one line.
+"""
+
+
+def config_fields(config: Any, prefix: str = "") -> list[str]:
+    """`key: type = value` for every field of a nested config, in declaration order."""
+    hints = typing.get_type_hints(type(config))
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            lines += config_fields(value, f"{prefix}{field.name}.")
+            continue
+        hint = hints[field.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        lines.append(f"{prefix}{field.name}: {kind} = {value!r}")
+    return lines
+
+
+def check_distributed_flags(coordinator: str | None, num_processes: int | None,
+                            process_id: int | None) -> None:
+    """The multi-host flags fit together: none, `--coordinator auto` alone, or HOST:PORT with a
+    process count and this process's index in it."""
+    given = num_processes is not None or process_id is not None
+    if coordinator is None:
+        if given:
+            raise ConfigError("--num_processes and --process_id need --coordinator HOST:PORT "
+                              "(the address of process 0)")
+        return
+    if coordinator == "auto":
+        if given:
+            raise ConfigError("--coordinator auto finds the processes itself: drop "
+                              "--num_processes and --process_id, or give --coordinator HOST:PORT")
+        return
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--coordinator {coordinator!r}: expected HOST:PORT of process 0 "
+                          "(e.g. 10.0.0.1:1234) or 'auto'")
+    if num_processes is None or process_id is None:
+        raise ConfigError("--coordinator needs --num_processes and --process_id")
+    if num_processes < 1:
+        raise ConfigError(f"--num_processes {num_processes}: must be >= 1")
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(f"--process_id {process_id}: must be in 0..{num_processes - 1} for "
+                          f"--num_processes {num_processes}")
+
+
+def parse_training_cli(argv: list[str], description: str | None = None,
+                       prog: str | None = None) -> TrainConfig:
+    """`parse_cli` plus the multi-host flags of the training entry points; starts
+    `jax.distributed` when `--coordinator` is given, before anything touches a device.
+
+    `-h`/`--help` prints the usage (and, with `--config`, the config's keys) and exits 0."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=CONFIG_HELP,
+        usage="%(prog)s --config FILE[:ARG] [--config.KEY=VALUE ...] [-h]\n"
+              "       [--coordinator HOST:PORT --num_processes N --process_id I]",
+        formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="multi-host: the address of process 0, or 'auto' (TPU pods, SLURM)")
+    parser.add_argument("--num_processes", type=int, metavar="N", help="multi-host: processes")
+    parser.add_argument("--process_id", type=int, metavar="I",
+                        help="multi-host: this process, 0..N-1")
+    if "-h" in argv or "--help" in argv:
+        text = parser.format_help()
+        rest = [a for a in argv if a not in ("-h", "--help")]
+        if any(a == "--config" or a.startswith("--config=") for a in rest):
+            config, _ = parse_cli(rest)
+            text += ("\nconfig keys (type = current value), each settable with "
+                     "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
+        print(text, end="")
+        raise SystemExit(0)
+    config, rest = parse_cli(argv)
+    args = parser.parse_args(rest)
+    check_distributed_flags(args.coordinator, args.num_processes, args.process_id)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    return config
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """`jax.distributed.initialize` for multi-host runs; a no-op for one process.
+
+    On TPU pods and SLURM/Kubernetes clusters JAX discovers all three by itself: pass
+    `coordinator="auto"`.
+    """
+    if coordinator is None:
+        return
+    if coordinator != "auto" and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator needs --num_processes and --process_id")
+    # CPU processes talk through gloo (tests and CPU clusters); GPUs and TPUs ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)

@@ -1,0 +1,225 @@
+"""Training recipes: nested frozen dataclasses, Python config files, command-line overrides.
+
+A recipe is a Python file under `configs/` with `get_config(arg: str | None) -> TrainConfig`
+(`--config configs/pretrain_tiny.py:fast` passes "fast"). Any field can then be overridden with
+`--config.optim.learning_rate=3e-4`; the value is parsed as the field's declared type, and an
+unknown key or a value that does not parse is a `ConfigError` that names the key. The command
+line around it (`--config`, multi-host flags, one-line errors) is `jbert.training.cli`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from jbert.errors import ConfigError
+from jbert.model.config import JinaBertConfig
+from jbert.training.optim import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (data, fsdp, tensor); data=-1 takes all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the training text comes from and how it is cut into batches.
+
+    `dir` holds what `python -m train.prepare_corpus` writes (corpus/, tokenizer/, pairs/). With
+    `prepare_if_missing`, a missing `dir` is built from the running Python's own sources (the
+    embedded default), capped at `prepare_max_bytes`.
+    """
+
+    dir: str = "artifacts/data"
+    prepare_if_missing: bool = False
+    prepare_max_bytes: int = 8 << 20
+    prepare_vocab_size: int = 4096
+    seq_len: int = 512
+    batch_size: int = 256  # global rows per step, over all processes and devices
+    docs_per_chunk: int = 256
+    mask_rate: float = 0.3
+    whole_word: bool = True
+    # Vocabulary logits only at the first K labelled positions of a row (None: everywhere).
+    max_predictions: int | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """The contrastive stage (`python -m train.contrastive`); unused by MLM pretraining.
+
+    InfoNCE over the global batch (`data.batch_size` pairs) with temperature `temperature`
+    (learned from there when `learn_temperature`), plus the code -> query term when `symmetric`,
+    and `hard_negatives` extra documents per pair (from the pairs' `negatives`, else mined with
+    BM25). `chunk_size` > 0 embeds the batch in chunks of that many rows (GradCache).
+    """
+
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    symmetric: bool = False
+    hard_negatives: int = 0
+    chunk_size: int = 0  # rows per GradCache chunk over the global batch; 0: the plain step
+    max_query_length: int = 64
+    max_doc_length: int = 256
+    sources: str = ""  # comma-separated pair dirs/files/hub names; "": <data.dir>/pairs
+    eval_pairs: str = ""  # held-out pairs (test split); "": <data.dir>/pairs
+    eval_max_pairs: int = 2000  # cap on held-out queries (and so on the corpus) for speed
+    export: bool = True  # the final weights as an HF / sentence-transformers dir, workdir/export
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"contrastive.temperature={self.temperature}: must be > 0")
+        for key in ("hard_negatives", "chunk_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"contrastive.{key}={getattr(self, key)}: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; the workdir gets logs and checkpoints."""
+
+    model: JinaBertConfig = JinaBertConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    workdir: str = "runs/pretrain"
+    steps: int = 1000
+    grad_accum: int = 1  # micro-batches per step (scan inside the jitted step)
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 4
+    init_from: str | None = None  # weights only: an HF export dir or an orbax checkpoint dir
+    on_nonfinite: str = "stop"  # stop | skip
+    peak_flops_per_device: float | None = None  # for MFU; None: look up by device kind
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "grad_accum", "log_every", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config.{key}={getattr(self, key)}: must be >= 1")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"config.on_nonfinite={self.on_nonfinite!r}: must be stop or skip")
+
+
+def load_config(spec: str) -> TrainConfig:
+    """Runs `get_config(arg)` of a config file given as `path.py` or `path.py:arg`."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    module_spec = importlib.util.spec_from_file_location(f"jbert_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config(arg) function")
+    try:
+        config = module.get_config(arg or None)
+    except (ValueError, TypeError, KeyError) as e:
+        # A bad argument, or a config class refusing a field or value the file gives it.
+        # Syntax and name errors keep their traceback: it points at the line.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"{path}: {message}") from e
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, "
+                          "not TrainConfig")
+    return config
+
+
+def apply_overrides(config: Any, overrides: dict[str, str]) -> Any:
+    """`{"optim.learning_rate": "3e-4"}` applied to nested frozen dataclasses."""
+    for key, text in overrides.items():
+        config = _set(config, key.split("."), text, key)
+    return config
+
+
+def _set(node: Any, parts: list[str], text: str, key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    if parts[0] not in fields:
+        close = difflib.get_close_matches(parts[0], fields, n=1)
+        section = key[: len(key) - len(".".join(parts))]  # "optim." for "optim.lr"
+        suggestion = (f"did you mean {section + close[0]!r}?" if close
+                      else f"known: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has no field "
+                          f"{parts[0]!r} ({suggestion})")
+    hint = typing.get_type_hints(type(node))[parts[0]]
+    current = getattr(node, parts[0])
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {key!r}: {parts[0]!r} is a value, not a "
+                              "section")
+        value = _set(current, parts[1:], text, key)
+    elif dataclasses.is_dataclass(current):
+        raise ConfigError(f"config key {key!r} is a section; set one of its fields")
+    else:
+        value = parse_value(text, hint, key)
+    try:
+        return dataclasses.replace(node, **{parts[0]: value})
+    except ValueError as e:  # the dataclass's own validation
+        raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def parse_value(text: str, hint: Any, key: str) -> Any:
+    """Parses `text` as `hint` (bool, int, float, str, or an optional of one)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for option in (o for o in options if o is not type(None)):
+        try:
+            if option is bool:
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            if option is int:
+                return int(text)
+            if option is float:
+                return float(text)
+            if option is str:
+                return text
+        except ValueError:
+            continue
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"config key {key!r}: cannot parse {text!r} as {names}")
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """The inverse of `dataclasses.asdict` for nested config dataclasses (a run's config.json).
+
+    Keys the dataclass no longer has are an error that names them.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown} in saved config")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        kwargs[name] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)

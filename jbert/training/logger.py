@@ -1,0 +1,114 @@
+"""Training logs: JSONL (the record), TensorBoard (the curves), a progress bar (the terminal).
+
+Only process 0 writes. Metrics arrive as sums with denominators and are turned into means here;
+throughput and MFU (FLOP counts from `jbert.training.flops`) are computed from wall time
+between two log points. When stderr is not a
+terminal (CI, nohup, a file) the bar is replaced by one plain line per logged record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+def repair_torn_line(path: Path) -> None:
+    """Drops a last line cut short by a kill mid-write (its step is logged again after the
+    restart), so every line of the file parses; a complete last record only gets its newline."""
+    with path.open("rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        start, tail = end, b""
+        while start > 0 and b"\n" not in tail:  # back to the last complete line, in blocks
+            size = min(start, 1 << 16)
+            start -= size
+            f.seek(start)
+            tail = f.read(size) + tail
+        cut = tail.rfind(b"\n") + 1  # 0: the whole file is one torn line
+        try:
+            json.loads(tail[cut:])
+        except ValueError:  # also UnicodeDecodeError: a multi-byte character cut in two
+            f.truncate(start + cut)
+            return
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
+
+
+class MetricsLogger:
+    def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int,
+                 progress: bool = True, prefix: str = ""):
+        self.is_main = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = self._bar = None
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            repair_torn_line(self.path)
+        self._file = self.path.open("a")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        except ImportError:  # TensorBoard is optional; the JSONL is the record
+            self._tb = None
+        self._plain = progress and not sys.stderr.isatty()  # no redrawn bar in log files
+        self._total, self._prefix = total_steps, prefix or "train"
+        if progress and not self._plain:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=prefix or "train",
+                             dynamic_ncols=True, mininterval=1.0)
+
+    def write(self, step: int, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, "time": time.time(), **record}
+        self._file.write(json.dumps(record, default=float) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time") and \
+                        math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None:
+            shown = {k: f"{v:.4g}" for k, v in record.items()
+                     if k in ("loss", "accuracy", "eval_loss", "tokens_per_s", "mfu")}
+            self._bar.set_postfix(shown, refresh=False)
+        elif self._plain:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in (
+                "step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            print(f"[{self._prefix}] step {step}/{self._total} {shown}", file=sys.stderr,
+                  flush=True)
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def print(self, message: str) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()

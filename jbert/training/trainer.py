@@ -1,0 +1,362 @@
+"""The one training loop both stages share (MLM pretraining and contrastive tuning).
+
+A `Task` says what is trained (head, loss, data); the loop does the rest: mesh, sharded state,
+resume or weights-only init, the jitted step with donated state, global batches assembled from
+each process's own rows, metrics one step late, periodic eval, checkpoints with the data
+position, a stop on non-finite numbers that keeps the last good checkpoint, and a clean save on
+SIGTERM (preemption notice).
+
+Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_from` (weights
+only, fresh optimizer and data), which beats fresh initialisation. Nothing is written before
+the start is settled: a config that no longer fits the checkpoints, a bad `init_from` or bad
+training data stop the run with a `ConfigError`/`InputError` and leave the workdir as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from jbert.errors import ConfigError, InputError
+from jbert.hf.load import load_pretrained
+from jbert.model import functional
+from jbert.model.heads import HEADS
+from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
+from jbert.training.checkpoint import Checkpointer, StructureMismatchError, restore_weights
+from jbert.training.config import TrainConfig, to_json
+from jbert.training.export import is_hf_export
+from jbert.training.flops import peak_flops_per_device
+from jbert.training.logger import MetricsLogger
+from jbert.training.optim import learning_rate_schedule, make_optimizer
+from jbert.training.state import abstract_with_shardings, init_state, param_shardings
+from jbert.training.step import GradFn, LossFn, eval_step, train_step
+
+
+class DataIterator(Protocol):
+    """Yields this process's rows of each global batch (dict of numpy arrays)."""
+
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict: ...
+
+
+@dataclasses.dataclass
+class Task:
+    head: str
+    loss_fn: LossFn
+    # (process_index, process_count, saved state or None) -> iterator of local batches
+    train_data: Callable[[int, int, dict | None], DataIterator]
+    # (process_index, process_count) -> local eval batches
+    eval_data: Callable[[int, int], list[dict[str, np.ndarray]]] | None = None
+    flops_per_token: float = 0.0
+    # Extra evaluation on the params (e.g. retrieval); returns scalars to log.
+    evaluate: Callable[[Any], dict[str, float]] | None = None
+    # Metric sums -> logged means; the default fits `count`-averaged losses.
+    summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+    # (params, batch, rng) -> (grads of the loss sum, sums); default jax.grad(loss_fn).
+    grad_fn: GradFn | None = None
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def default_summary(sums: dict[str, float]) -> dict[str, float]:
+    count = max(sums.get("count", 1.0), 1.0)
+    out = {"loss": sums["loss_sum"] / count}
+    if "correct" in sums:
+        out["accuracy"] = sums["correct"] / count
+    if sums.get("dropped"):
+        out["dropped_labels"] = sums["dropped"]
+    return out
+
+
+def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per key (rows of all processes, in order)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def jit_train_step(loss_fn: LossFn, tx, state_sh, batch_sh, *, grad_accum: int = 1,
+                   skip_nonfinite: bool = False, grad_fn: GradFn | None = None) -> Callable:
+    """`train_step` jitted as `train` runs it: explicit shardings, the state donated. The
+    benchmarks time this same function."""
+    return jax.jit(
+        functools.partial(train_step, loss_fn=loss_fn, tx=tx, grad_accum=grad_accum,
+                          skip_nonfinite=skip_nonfinite, grad_fn=grad_fn),
+        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+
+
+def check_batch_layout(cfg: TrainConfig, mesh) -> int:
+    """Rows per process; errors name the config keys that do not fit together."""
+    rows, processes = cfg.data.batch_size, jax.process_count()
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % (batch_devices * cfg.grad_accum):
+        raise ValueError(
+            f"data.batch_size={rows} does not split over mesh data x fsdp = {batch_devices} "
+            f"devices times grad_accum={cfg.grad_accum}")
+    if rows % processes:
+        raise ValueError(f"data.batch_size={rows} does not split over {processes} processes")
+    return rows // processes
+
+
+def init_params_from(source: str, config, head: str) -> Any:
+    """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir;
+    a source that cannot give them is a `ConfigError` naming `init_from`."""
+    path = Path(source)
+    if not path.is_dir():
+        raise ConfigError(f"init_from={source}: no such directory (give an HF export or a "
+                          "jbert run directory)")
+    try:
+        if is_hf_export(path):
+            # A training-only head (contrastive) starts from the export's encoder.
+            hf_head = head if head in HEADS else "base"
+            _, params = load_pretrained(path, head=hf_head)
+            return params if hf_head == head else functional.transplant_encoder(
+                params, config, head)
+        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        params, _, _ = restore_weights(ckpt_dir, config)
+    except FileNotFoundError as e:
+        raise ConfigError(f"init_from={source}: neither an HF export (config.json) nor "
+                          f"a directory with orbax checkpoints ({e})") from None
+    except InputError as e:  # a bad export, or weights of another model
+        raise ConfigError(f"init_from={source}: {e}") from e
+    return functional.transplant_encoder(params, config, head)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> str:
+    """One line for a resume whose config no longer builds the checkpointed state: what differs,
+    the config fields changed since the run's `config.json`, and how to go on."""
+    saved_file = Path(cfg.workdir) / "config.json"
+    changed = []
+    if saved_file.is_file():
+        old, new = _flat(json.loads(saved_file.read_text())), _flat(json.loads(to_json(cfg)))
+        changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                   if k.split(".")[0] in ("model", "optim", "contrastive")
+                   and old.get(k) != new.get(k)]
+    cause = (f"; changed since {saved_file}: {', '.join(changed)}" if changed else
+             f"; {saved_file} records no change to model.*, optim.* or contrastive.* (another "
+             "head, or another jbert version?)")
+    if error.per_layer:  # the error says how to carry the weights over
+        return f"cannot resume: {error}. Nothing was moved"
+    if error.params_changed:
+        advice = ("its weights do not fit this model: resume with the config it was saved with, "
+                  "or start afresh in a new --config.workdir")
+    else:
+        advice = ("to keep its weights with a fresh optimiser, start a new --config.workdir with "
+                  f"--config.init_from={cfg.workdir}; or resume with the config it was saved with")
+    return f"cannot resume: {error}{cause}. Nothing was moved; {advice}"
+
+
+def _has_checkpoints(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop reads at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training to `cfg.steps`; returns the final summary.
+
+    `stop_at` ends this run early with a checkpoint at that step (the schedule still spans
+    `cfg.steps`): runs split into time-limited chunks, and the resume tests.
+    """
+    workdir = Path(cfg.workdir)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    local_rows = check_batch_layout(cfg, mesh)
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)  # for the logs
+    model_config = cfg.model
+    abstract = abstract_with_shardings(mesh, model_config, task.head, tx)
+    state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+    summarize = task.summarize or default_summary
+
+    def make_checkpointer() -> Checkpointer:
+        return Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
+                            async_save=cfg.checkpoint.async_save)
+
+    # Newest checkpoint that reads back intact; unreadable ones are reported and set aside.
+    # Until the data iterator exists nothing is written (the checkpointer creates its dir).
+    checkpointer = make_checkpointer() if _has_checkpoints(workdir / "checkpoints") else None
+    try:
+        restored = None
+        if checkpointer is not None:
+            try:
+                restored = checkpointer.restore_latest(abstract)
+            except StructureMismatchError as e:
+                raise ConfigError(config_change_message(cfg, e)) from None
+        data_state = None
+        if restored is not None:
+            latest, state, data_state, _ = restored
+            origin = f"resumed from step {latest}"
+        elif cfg.init_from:
+            params = init_params_from(cfg.init_from, model_config, task.head)
+            state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params)
+            origin = f"weights from {cfg.init_from}"
+        else:
+            state = init_state(mesh, model_config, task.head, tx, cfg.seed)
+            origin = "fresh initialisation"
+        data = task.train_data(jax.process_index(), jax.process_count(), data_state)
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
+    start_step = int(state["step"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = checkpointer or make_checkpointer()
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(to_json(cfg))
+
+    batch_sh = batch_sharding(mesh)
+    # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
+    step_fn = with_mesh(jit_train_step(
+        task.loss_fn, tx, state_sh, batch_sh, grad_accum=cfg.grad_accum,
+        skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn), mesh)
+    eval_fn = with_mesh(jax.jit(
+        functools.partial(eval_step, loss_fn=task.loss_fn),
+        in_shardings=(param_shardings(mesh, model_config, task.head), batch_sh)), mesh)
+    eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
+                    if task.eval_data else [])
+
+    logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
+                           progress=cfg.progress, prefix=task.head)
+    logger.print(f"[jbert] {origin}; {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
+                 f"{local_rows} rows per process; logs in {workdir}")
+    peak = peak_flops_per_device(cfg.peak_flops_per_device)
+
+    def run_eval(params) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if eval_batches:
+            sums: dict[str, float] = {}
+            for local in eval_batches:
+                metrics = jax.device_get(eval_fn(params, global_batch(local, batch_sh)))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            out.update({f"eval_{k}": v for k, v in summarize(sums).items()})
+        if task.evaluate is not None:
+            out.update(task.evaluate(params))
+        return out
+
+    def save(step: int, state, data_position: dict, meta: dict, force: bool = False) -> None:
+        checkpointer.save(step, state, data_position, meta, force=force)
+
+    summary: dict[str, Any] = {"start_step": start_step, "origin": origin, "status": "running"}
+    pending = None  # (step, metrics on device, data position before the batch)
+    window = {"tokens": 0.0, "time": time.perf_counter(), "sums": {}}
+
+    def drain(pending) -> dict[str, float]:
+        """Fetches a step's metrics (one step late), logs them, stops on non-finite numbers."""
+        step, metrics, position = pending
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not values.pop("finite"):
+            event = {"event": "nonfinite", "step": step, "data_position": position,
+                     "action": cfg.on_nonfinite, **values}
+            logger.write(step, event)
+            if jax.process_index() == 0:
+                with (workdir / "events.jsonl").open("a") as f:
+                    f.write(json.dumps(event, default=float) + "\n")
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteError(f"non-finite loss or gradient at step {step} (data "
+                                     f"position {position}); last good checkpoint: "
+                                     f"{checkpointer.latest_step()}")
+        for k, v in values.items():
+            window["sums"][k] = window["sums"].get(k, 0.0) + v
+        window["tokens"] += values.get("tokens", 0.0)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window["time"]
+            record = summarize(window["sums"])
+            record.update(grad_norm=values["grad_norm"],
+                          learning_rate=float(learning_rate(step - 1)),
+                          tokens_per_s=window["tokens"] / max(elapsed, 1e-9),
+                          steps_remaining=cfg.steps - step)
+            record["eta_s"] = (cfg.steps - step) * elapsed / cfg.log_every
+            if peak and task.flops_per_token:
+                record["mfu"] = (record["tokens_per_s"] * task.flops_per_token
+                                 / (peak * jax.device_count()))
+            logger.write(step, record)
+            summary["last"] = record
+            window.update(tokens=0.0, time=time.perf_counter(), sums={})
+        logger.advance(step)
+        return values
+
+
+    with _Preemption() as preemption:
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                position = data.get_state()
+                state, metrics = step_fn(state, global_batch(next(data), batch_sh))
+                if pending is not None:
+                    drain(pending)
+                pending = (step, metrics, position)
+                stopping = preemption.requested or step == stop_at
+                checkpoint_due = step % cfg.checkpoint.every_steps == 0 or step == cfg.steps
+                if checkpoint_due or stopping:
+                    drain(pending)  # never checkpoint a state whose step was non-finite
+                    pending = None
+                    save(step, state, data.get_state(),
+                         {"step": step, "head": task.head, **summary.get("last", {})}, force=True)
+                if step % cfg.eval_every == 0 and step != cfg.steps:
+                    record = run_eval(state["params"])
+                    if record:
+                        logger.write(step, record)
+                if stopping:
+                    summary["status"] = "preempted" if preemption.requested else "stopped"
+                    logger.print(f"[jbert] {summary['status']}: saved step {step}, exiting")
+                    break
+            else:
+                if pending is not None:
+                    drain(pending)
+                summary["final_eval"] = run_eval(state["params"])
+                logger.write(cfg.steps, summary["final_eval"])
+                summary["status"] = "done"
+        except NonFiniteError as e:
+            summary["status"] = "nonfinite"
+            summary["error"] = str(e)
+            logger.print(f"[jbert] stopped: {e}")
+            raise
+        finally:
+            checkpointer.close()
+            logger.close()
+            summary["end_step"] = int(jax.device_get(state["step"]))
+            if jax.process_index() == 0:
+                (workdir / "summary.json").write_text(json.dumps(summary, indent=1,
+                                                                 default=float))
+    summary["state"] = state
+    return summary
