@@ -82,6 +82,20 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+@pytest.mark.parametrize("feed_forward", ["original", "glu", "reglu"])
+def test_feed_forward_variants_match_the_twin(feed_forward, tmp_path):
+    """The base layout with each other feed-forward type gives the twin's hidden states."""
+    hf = {**LAYOUTS["base"], "feed_forward_type": feed_forward}
+    twin = torch_twin.build(hf, seed=5)
+    torch_twin.save_twin(twin, tmp_path, hf)
+    config, params = load_pretrained(tmp_path)
+    assert config.feed_forward_type == feed_forward
+    ids, mask, types = _batch(seed=2)
+    diff = _max_diff(jbert.forward(config, params, ids, mask, types),
+                     _twin_out(twin, ids, mask, types))
+    assert diff < TOL, f"{feed_forward}: {diff:.2e}"
+
+
 @pytest.mark.parametrize("layout", ["base", "code"])
 def test_twin_checkpoint_loads_into_jbert_with_the_same_outputs(layout, tmp_path):
     twin = torch_twin.build(LAYOUTS[layout], seed=1)

@@ -146,14 +146,6 @@ def test_remat_is_a_named_policy_and_reads_the_old_bool():
         preset("tiny", remat="everything")
 
 
-@pytest.mark.parametrize("ff", ["original", "glu", "geglu", "reglu"])
-def test_feed_forward_variants_run(ff):
-    config = preset("tiny", feed_forward_type=ff, num_hidden_layers=1)
-    params = functional.init_params(config, jax.random.key(0))
-    out = functional.forward(config, params, _ids(1, 8))
-    assert np.isfinite(np.asarray(out)).all()
-
-
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="hidden_size"):
         JinaBertConfig(hidden_size=100, num_attention_heads=12)

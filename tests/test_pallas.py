@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jbert.model import functional
 from jbert.model.config import JinaBertConfig
 from jbert.ops.alibi import alibi_bias, alibi_slopes
 from jbert.ops.attention import attention
@@ -150,5 +151,14 @@ def test_block_size_must_fit_tpu_lanes():
         attention(q, k, v, jnp.asarray(alibi_slopes(H)), mask, impl="pallas", block_size=96)
 
 
-def test_config_accepts_pallas():
-    assert JinaBertConfig(attention_impl="pallas").attention_impl == "pallas"
+def test_the_model_on_the_pallas_path_matches_the_reference_path():
+    """`attention_impl="pallas"` reaches the kernels from the model (scanned layers, padding)."""
+    config = JinaBertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=128, attention_block_size=128)
+    params = functional.init_params(config, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (2, 200), 5, 256)
+    mask = jnp.ones_like(ids).at[1, 150:].set(0)
+    want = functional.forward(config.replace(attention_impl="reference"), params, ids, mask)
+    got = functional.forward(config.replace(attention_impl="pallas"), params, ids, mask)
+    np.testing.assert_allclose(np.asarray(got)[mask == 1], np.asarray(want)[mask == 1],
+                               atol=2e-5)

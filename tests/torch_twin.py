@@ -36,6 +36,7 @@ class TwinConfig:
                     "intermediate_size", "type_vocab_size", "layer_norm_eps", "pad_token_id"):
             setattr(self, key, hf[key])
         self.feed_forward_type = hf.get("feed_forward_type", "geglu")
+        self.hidden_act = hf.get("hidden_act", "gelu")
         names = json.dumps(hf.get("auto_map", {})) + str(hf.get("_name_or_path", ""))
         self.code_layout = "qk-post-norm" in names
         self.is_decoder = bool(hf.get("is_decoder", False))
@@ -124,11 +125,17 @@ class Attention(nn.Module):
         return self.output(self.self(x, bias), x)
 
 
+# The gate of each gated feed-forward type (HF `feed_forward_type`) and the plain activations.
+GLU_ACTS = {"glu": torch.sigmoid, "geglu": lambda x: F.gelu(x), "reglu": torch.relu}
+ACTS = {"gelu": lambda x: F.gelu(x), "relu": torch.relu}
+
+
 class GLUMLP(nn.Module):
-    """Base layout: gated_layers -> gelu(first half) * second half -> wo -> layernorm(+x)."""
+    """Base layout: gated_layers -> act(first half) * second half -> wo -> layernorm(+x)."""
 
     def __init__(self, c: TwinConfig):
         super().__init__()
+        self.act = GLU_ACTS[c.feed_forward_type]
         self.f = c.intermediate_size
         self.gated_layers = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
         self.wo = nn.Linear(c.intermediate_size, c.hidden_size)
@@ -136,7 +143,7 @@ class GLUMLP(nn.Module):
 
     def forward(self, x):
         h = self.gated_layers(x)
-        return self.layernorm(self.wo(F.gelu(h[..., : self.f]) * h[..., self.f :]) + x)
+        return self.layernorm(self.wo(self.act(h[..., : self.f]) * h[..., self.f :]) + x)
 
 
 class UpGatedMLP(nn.Module):
@@ -153,12 +160,36 @@ class UpGatedMLP(nn.Module):
         return self.down_layer(h[..., : self.f] * F.gelu(h[..., self.f :]))
 
 
+class Intermediate(nn.Module):
+    """BERT's original feed-forward: `intermediate.dense` + activation."""
+
+    def __init__(self, c: TwinConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.act = ACTS[c.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class Output(SelfOutput):
+    """BERT's `output`: dense back to the hidden size, LayerNorm(h + residual)."""
+
+    def __init__(self, c: TwinConfig):
+        super().__init__(c)
+        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
+
+
 class Layer(nn.Module):
     def __init__(self, c: TwinConfig):
         super().__init__()
         self.code = c.code_layout
+        self.original = c.feed_forward_type == "original"
         self.attention = Attention(c)
-        if c.code_layout:
+        if self.original:
+            self.intermediate = Intermediate(c)
+            self.output = Output(c)
+        elif c.code_layout:
             self.layer_norm_1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
             self.mlp = UpGatedMLP(c)
             self.layer_norm_2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
@@ -167,6 +198,8 @@ class Layer(nn.Module):
 
     def forward(self, x, bias):
         a = self.attention(x, bias)
+        if self.original:
+            return self.output(self.intermediate(a), a)
         if not self.code:
             return self.mlp(a)
         r = self.layer_norm_1(a + x)

@@ -28,7 +28,7 @@ Layout and the tiling it has to respect:
   three columns would take 4 MiB each at L=8192; if that overflows VMEM, the fix is to score
   that kernel's tiles as k q^T, with per-query values as [1, C] rows.
 
-Verified: interpret mode on CPU (`tests/test_attention_pallas.py`). Not verified: lowering
+Verified: interpret mode on CPU (`tests/test_pallas.py`). Not verified: lowering
 through Triton or Mosaic, and speed; no accelerator was available when this was written.
 
 Shape letters as in `attention.py`; C query block, S key block (both `block` long), N the
