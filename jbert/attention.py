@@ -287,8 +287,9 @@ def attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array, slopes_H:
                              causal)
     if impl == "pallas":
         # Imported here: the kernel module imports this one, and Pallas stays off other paths.
-        from jbert.attention_pallas import pallas_attention
+        # Under `jax.set_mesh`, the kernels run per device on its rows and heads (shard_map).
+        from jbert.attention_sharded import sharded_pallas_attention
 
-        return pallas_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
-                                causal, block_size)
+        return sharded_pallas_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL,
+                                        segment_ids_BL, causal, block_size)
     raise ValueError(f"unknown attention impl {impl!r}")
