@@ -266,9 +266,10 @@ def attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array, slopes_H:
         return dpa_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
                              causal)
     if impl == "pallas":
-        # Imported here so that Pallas stays off the other paths.
-        from jbert.ops.pallas import pallas_attention
+        # Imported here so that Pallas stays off the other paths. Under `jax.set_mesh` the
+        # kernels run per device on its rows and heads (shard_map).
+        from jbert.ops.pallas_sharded import sharded_pallas_attention
 
-        return pallas_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
-                                causal, block_size)
+        return sharded_pallas_attention(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL,
+                                        segment_ids_BL, causal, block_size)
     raise ValueError(f"unknown attention impl {impl!r}")
