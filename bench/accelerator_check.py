@@ -18,8 +18,8 @@ one yet; `--budget-s` skips what is left past the budget and says so).
    device. Each is compiled ahead of time (`.lower().compile()`), run once, then timed over
    `--steps` calls. A step that runs out of memory is retried at half the rows.
 3. Per measurement: tokens/s (median), MFU = tokens/s x FLOPs per token / the chip's dense bf16
-   peak (`jbert.training.flops`; attention FLOPs counted in full, 12 x layers x L x D per token for a
-   train step, a third of it forward only), the compiled executable's memory (arguments +
+   peak (`jbert.training.flops`; attention FLOPs counted in full, 12 x layers x L x D per token
+   for a train step, a third of it forward only), the compiled executable's memory (arguments +
    outputs + temporaries - donated) and the device's peak bytes in use so far.
 
 Output: `<out>/<device>_<date>.json` and `.md` (one table), the table also printed.
@@ -51,11 +51,11 @@ import numpy as np  # noqa: E402
 from bench.common import mlm_batch  # noqa: E402  (torch-free: the GPU extra has no torch)
 from jbert.model import functional  # noqa: E402
 from jbert.model.config import JinaBertConfig, preset  # noqa: E402
+from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
+from jbert.tasks.mlm import mlm_loss_fn  # noqa: E402
 from jbert.training.flops import encoder_flops_per_token, peak_flops_per_device  # noqa: E402
 from jbert.training.optim import OptimConfig, make_optimizer  # noqa: E402
-from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
 from jbert.training.state import init_state, state_shardings  # noqa: E402
-from jbert.tasks.mlm import mlm_loss_fn  # noqa: E402
 from jbert.training.trainer import jit_train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,11 +29,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import cpu_name, summary, timed, write_json  # noqa: E402
-from jbert.tasks.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn  # noqa: E402
-from jbert.training.optim import make_optimizer  # noqa: E402
 from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
-from jbert.training.state import init_state, state_shardings  # noqa: E402
+from jbert.tasks.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn  # noqa: E402
 from jbert.training.config import load_config  # noqa: E402
+from jbert.training.optim import make_optimizer  # noqa: E402
+from jbert.training.state import init_state, state_shardings  # noqa: E402
 from jbert.training.trainer import jit_train_step  # noqa: E402
 
 

@@ -44,11 +44,11 @@ import torch  # noqa: E402
 
 from bench.common import machine_line, peak_rss_gib, summary, timed, write_json  # noqa: E402
 from bench.padding import stdlib_texts  # noqa: E402
-from jbert.model import functional  # noqa: E402
-from jbert.model.config import preset  # noqa: E402
 from jbert.data.tokenizer import train_tokenizer  # noqa: E402
 from jbert.evaluation.embedder import Embedder  # noqa: E402
 from jbert.hf.save import save_pretrained  # noqa: E402
+from jbert.model import functional  # noqa: E402
+from jbert.model.config import preset  # noqa: E402
 
 
 def uniform_texts(tokenizer, count: int, length: int, seed: int = 0) -> list[str]:

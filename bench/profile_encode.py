@@ -29,9 +29,9 @@ import torch  # noqa: E402
 
 from bench.common import machine_line, timed  # noqa: E402
 from bench.profile_step import op_table, op_times  # noqa: E402
+from jbert.hf.save import save_pretrained  # noqa: E402
 from jbert.model import functional  # noqa: E402
 from jbert.model.config import preset  # noqa: E402
-from jbert.hf.save import save_pretrained  # noqa: E402
 
 
 def jbert_profile(config, params, ids_BL: np.ndarray
