@@ -23,7 +23,10 @@ Params = dict[str, Any]
 @functools.lru_cache(maxsize=64)
 def _graph(config: JinaBertConfig, head: str) -> tuple[nnx.GraphDef, Params, Params]:
     """(graphdef, abstract params, logical axes) of a head, from shapes alone."""
-    abstract = nnx.eval_shape(lambda: build(config, head, nnx.Rngs(0)))
+    # Built with no mesh current: under the trainer's `jax.set_mesh`, `nnx.eval_shape` would
+    # read the weights' logical axis names as mesh axes. Shardings come from the rules table.
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        abstract = nnx.eval_shape(lambda: build(config, head, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     axes = jax.tree.map(lambda spec: tuple(spec), nnx.to_pure_dict(nnx.get_partition_spec(state)),
                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
