@@ -172,3 +172,11 @@ def test_training_cli_takes_the_multihost_flags_and_rejects_others():
         parse_training_cli(["--config", TINY, "--bogus"])
     with pytest.raises(ValueError, match="--num_processes and --process_id"):
         parse_training_cli(["--config", TINY, "--coordinator", "localhost:1"])
+
+
+def test_the_demo_finds_the_repository_configs():
+    """`jbert.tasks.demo` reads configs/ beside the package (it broke once when it moved)."""
+    from jbert.tasks import demo
+
+    for name in ("pretrain_tiny.py", "contrastive_tiny.py"):
+        assert (demo.CONFIGS / name).is_file(), demo.CONFIGS / name

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's, beside jbert/
 
 
 def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
