@@ -63,6 +63,14 @@ class ContrastiveConfig:
     (learned from there when `learn_temperature`), plus the code -> query term when `symmetric`,
     and `hard_negatives` extra documents per pair (from the pairs' `negatives`, else mined with
     BM25). `chunk_size` > 0 embeds the batch in chunks of that many rows (GradCache).
+
+    `query_prompt` / `doc_prompt` prefix every query / document in training, evaluation and the
+    export (sentence-transformers prompt names "query" and "document"). `matryoshka_dims` sums
+    the loss over the leading `d` dimensions of each embedding for each listed `d` (weights
+    `matryoshka_weights`, default 1 each). `pack` lays several texts end to end in each row
+    (segment ids keep them apart), so one compiled step serves all lengths. `eval_sets` adds
+    named evaluation sets, `name=path` comma-separated: a BEIR-layout directory or a pairs
+    file/directory (its test split).
     """
 
     temperature: float = 0.05
@@ -76,6 +84,12 @@ class ContrastiveConfig:
     eval_pairs: str = ""  # held-out pairs (test split); "": <data.dir>/pairs
     eval_max_pairs: int = 2000  # cap on held-out queries (and so on the corpus) for speed
     export: bool = True  # the final weights as an HF / sentence-transformers dir, workdir/export
+    query_prompt: str = ""  # e.g. "Represent this query for searching relevant code: "
+    doc_prompt: str = ""
+    matryoshka_dims: tuple[int, ...] = ()  # e.g. (256, 128, 64); (): the full size only
+    matryoshka_weights: tuple[float, ...] = ()  # one per size; (): 1.0 each
+    pack: bool = False
+    eval_sets: str = ""  # "name=path,name=path": BEIR dirs or pairs, each logged as name/...
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -83,6 +97,23 @@ class ContrastiveConfig:
         for key in ("hard_negatives", "chunk_size"):
             if getattr(self, key) < 0:
                 raise ValueError(f"contrastive.{key}={getattr(self, key)}: must be >= 0")
+        if any(d < 1 for d in self.matryoshka_dims):
+            raise ValueError(f"contrastive.matryoshka_dims={self.matryoshka_dims}: sizes must "
+                             "be positive")
+        if len(set(self.matryoshka_dims)) != len(self.matryoshka_dims):
+            raise ValueError(f"contrastive.matryoshka_dims={self.matryoshka_dims}: a size is "
+                             "listed twice")
+        if self.matryoshka_weights and len(self.matryoshka_weights) != len(
+                self.matryoshka_dims):
+            raise ValueError(f"contrastive.matryoshka_weights={self.matryoshka_weights}: one "
+                             f"weight per size of matryoshka_dims={self.matryoshka_dims}")
+        if any(w < 0 for w in self.matryoshka_weights):
+            raise ValueError(f"contrastive.matryoshka_weights={self.matryoshka_weights}: "
+                             "weights must be >= 0")
+        for entry in filter(None, (e.strip() for e in self.eval_sets.split(","))):
+            name, _, path = entry.partition("=")
+            if not name.strip() or not path.strip() or "/" in name:
+                raise ValueError(f"contrastive.eval_sets: {entry!r} is not name=path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +211,12 @@ def _set(node: Any, parts: list[str], text: str, key: str) -> Any:
 
 
 def parse_value(text: str, hint: Any, key: str) -> Any:
-    """Parses `text` as `hint` (bool, int, float, str, or an optional of one)."""
+    """Parses `text` as `hint` (bool, int, float, str, an optional of one, or a tuple of one:
+    comma-separated, `""` for the empty tuple)."""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        parts = [p.strip() for p in text.split(",")] if text.strip() else []
+        return tuple(parse_value(p, item, key) for p in parts)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if type(None) in options and text.lower() in ("none", "null"):
         return None
@@ -221,5 +257,9 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        kwargs[name] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)  # JSON gives lists
+        kwargs[name] = value
     return cls(**kwargs)
