@@ -1,8 +1,8 @@
 """Sentence embeddings from text, like the released models' `encode`.
 
-Texts are tokenised in one batch call (CLS, up to `max_length - 2` tokens, SEP) and packed:
-longest first, each text goes to the open row with the least room that still holds it
-(best-fit decreasing), else opens a row of the shortest pack length that holds it. A row's texts
+Texts are tokenised in one batch call (CLS, up to `max_length - 2` tokens, SEP) and packed
+(`jbert.data.packing.best_fit`: longest first, each text goes to the open row with the least room
+that still holds it, else opens a row of the shortest pack length that holds it). A row's texts
 carry segment ids 1..S, attention stays inside a text and ALiBi only sees distances, so a text's
 embedding is the one it gets alone, and under 5% of the positions computed are padding on
 real mixes of lengths. Shapes stay few for jit: row lengths are powers of two from
@@ -16,7 +16,6 @@ The L2-normalised mean-pooled embeddings come back in input order either way.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 import tokenizers
 
+from jbert.data.packing import best_fit, texts_per_row
 from jbert.data.tokenizer import encode_with_specials
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig
@@ -33,14 +33,6 @@ MIN_BUCKET = 16
 # Shortest packed row: long enough that a row holds many short texts (little room left at the
 # end), short enough that attention over the row stays a small part of the cost.
 PACK_LENGTH = 512
-# A row holds at most length // 8 texts, which fixes the pooled output's segment axis; only texts
-# under 8 tokens on average (CLS + SEP + 6) could leave a row part-empty.
-MIN_TOKENS_PER_TEXT = 8
-
-
-def texts_per_row(length: int) -> int:
-    """The most texts a packed row of `length` tokens holds (its number of segments)."""
-    return max(1, length // MIN_TOKENS_PER_TEXT)
 
 
 def bucket_lengths(max_length: int) -> list[int]:
@@ -68,8 +60,8 @@ def plan_calls(lengths: Sequence[int], max_length: int, batch_size: int,
                pack: bool = True) -> list[EncoderCall]:
     """The encoder calls that embed texts of these token counts (specials included), packed or
     one text per row (see the module docstring)."""
-    order = [int(i) for i in np.argsort([-n for n in lengths], kind="stable")]
     if not pack:
+        order = [int(i) for i in np.argsort([-n for n in lengths], kind="stable")]
         buckets = bucket_lengths(max_length)
         calls = []
         for start in range(0, len(order), batch_size):
@@ -78,22 +70,7 @@ def plan_calls(lengths: Sequence[int], max_length: int, batch_size: int,
             calls.append(EncoderCall(length, batch_size, 1, tuple((i,) for i in rows)))
         return calls
     pack_lengths = [b for b in bucket_lengths(max_length) if b >= min(PACK_LENGTH, max_length)]
-    rows: list[list[int]] = []  # text indices per row
-    row_length: list[int] = []
-    room: list[tuple[int, int]] = []  # (free positions, row) of the rows still open, sorted
-    for i in order:
-        n = lengths[i]
-        at = bisect.bisect_left(room, (n, -1))
-        if at < len(room):
-            free, r = room.pop(at)
-        else:
-            r, free = len(rows), next(b for b in pack_lengths if b >= n)
-            rows.append([])
-            row_length.append(free)
-        rows[r].append(i)
-        free -= n
-        if free and len(rows[r]) < texts_per_row(row_length[r]):
-            bisect.insort(room, (free, r))
+    rows, row_length = best_fit(lengths, lambda n: next(b for b in pack_lengths if b >= n))
     calls = []
     for length in pack_lengths:
         same = [tuple(rows[r]) for r in range(len(rows)) if row_length[r] == length]

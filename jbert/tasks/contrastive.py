@@ -26,8 +26,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jbert.data.packing import best_fit, pack_fixed, texts_per_row
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig
+from jbert.model.heads import l2_normalize
 from jbert.ops.sharding import BATCH_AXES
 from jbert.training.config import ContrastiveConfig, TrainConfig
 from jbert.training.step import Batch, GradFn, LossFn, strided_split
@@ -47,67 +49,132 @@ def temperature(cfg: ContrastiveConfig, params: Any) -> jax.Array:
     return jnp.clip(tau, MIN_TEMPERATURE, MAX_TEMPERATURE)
 
 
-def _info_nce_shard(q_bD, d_bD, n_mD, tau, *, axes, symmetric):
-    """Loss sums for this device's queries against all documents of the global batch.
+def _matryoshka(x_XD: jax.Array, size: int) -> jax.Array:
+    """The leading `size` dimensions, L2-normalised again (the whole vector when it is no wider)."""
+    if size >= x_XD.shape[-1]:
+        return x_XD
+    return l2_normalize(x_XD[..., :size].astype(jnp.float32))
 
-    With `axes=None` the shard is the whole batch (the single-device reference).
+
+def _info_nce_shard(q_bD, qp_b, d_cD, dp_c, n_mD, np_m, tau, *, axes, symmetric, sizes):
+    """Loss sums for this device's query slots against all document slots of the global batch.
+
+    Slots carry pair ids (`qp_b`, `dp_c`, `np_m`): a query's positive is the document slot with
+    its id, -1 marks an empty slot (packed rows) and hard negatives have ids no query has. With
+    `axes=None` the shard is the whole batch (the single-device reference).
     """
-    b = q_bD.shape[0]
-    if axes is None:
-        d_BD, n_MD, q_BD, first = d_bD, n_mD, q_bD, 0
-    else:
-        # The global gather: every device sees every positive and every hard negative.
-        d_BD = lax.all_gather(d_bD, axes, axis=0, tiled=True)
-        n_MD = None if n_mD is None else lax.all_gather(n_mD, axes, axis=0, tiled=True)
-        q_BD = lax.all_gather(q_bD, axes, axis=0, tiled=True) if symmetric else None
-        first = lax.axis_index(axes) * b  # global index of this device's first pair
-    cand_CD = d_BD if n_MD is None else jnp.concatenate([d_BD, n_MD], axis=0)
-    sim_bC = jnp.einsum("bd,cd->bc", q_bD, cand_CD, preferred_element_type=jnp.float32)
-    # A mask, not a gather: query i's positive is candidate first + i.
-    pos_bC = (first + jnp.arange(b))[:, None] == jnp.arange(cand_CD.shape[0])[None, :]
-    logits_bC = sim_bC / tau
-    pos_logit_b = jnp.sum(jnp.where(pos_bC, logits_bC, 0.0), axis=1)
-    loss_b = jax.nn.logsumexp(logits_bC, axis=1) - pos_logit_b
-    if symmetric:  # code -> query: this device's documents against all queries
-        rev_bB = jnp.einsum("bd,cd->bc", d_bD, q_BD, preferred_element_type=jnp.float32) / tau
-        rev_pos_b = jnp.sum(jnp.where(pos_bC[:, :q_BD.shape[0]], rev_bB, 0.0), axis=1)
-        loss_b = 0.5 * (loss_b + jax.nn.logsumexp(rev_bB, axis=1) - rev_pos_b)
-    sim_pos_b = jnp.sum(jnp.where(pos_bC, sim_bC, 0.0), axis=1)
-    sim_neg_bC = jnp.where(pos_bC, -jnp.inf, sim_bC)
-    sums = {
-        "loss_sum": jnp.sum(loss_b),
-        "correct": jnp.sum(jnp.argmax(logits_bC, axis=1) == first + jnp.arange(b)),
-        "pos_sim_sum": jnp.sum(sim_pos_b),
-        "neg_sim_sum": jnp.sum(jnp.where(pos_bC, 0.0, sim_bC)),
-        "hardest_neg_sim_sum": jnp.sum(jnp.max(sim_neg_bC, axis=1)),
-        "neg_count": jnp.asarray(b * (cand_CD.shape[0] - 1), jnp.float32),
+    def gather(x):
+        return x if axes is None or x is None else lax.all_gather(x, axes, axis=0, tiled=True)
+
+    # The global gather: every device sees every positive and every hard negative.
+    d_CD, dp_C = gather(d_cD), gather(dp_c)
+    cand_CD = d_CD if n_mD is None else jnp.concatenate([d_CD, gather(n_mD)], axis=0)
+    cp_C = dp_C if np_m is None else jnp.concatenate([dp_C, gather(np_m)], axis=0)
+    q_valid_b, c_valid_C = qp_b >= 0, cp_C >= 0
+    pos_bC = (qp_b[:, None] == cp_C[None, :]) & q_valid_b[:, None]
+    q_BD, qp_B = (gather(q_bD), gather(qp_b)) if symmetric else (None, None)
+
+    def loss_sum(size):
+        q, cand = _matryoshka(q_bD, size), _matryoshka(cand_CD, size)
+        sim_bC = jnp.einsum("bd,cd->bc", q, cand, preferred_element_type=jnp.float32)
+        logits_bC = jnp.where(c_valid_C[None, :], sim_bC / tau, -jnp.inf)
+        pos_logit_b = jnp.sum(jnp.where(pos_bC, logits_bC, 0.0), axis=1)
+        total = jnp.sum(jnp.where(q_valid_b, jax.nn.logsumexp(logits_bC, axis=1) - pos_logit_b,
+                                  0.0))
+        if symmetric:  # code -> query: this device's positives against all queries
+            rev_cB = jnp.einsum("cd,bd->cb", _matryoshka(d_cD, size), _matryoshka(q_BD, size),
+                                preferred_element_type=jnp.float32) / tau
+            rev_cB = jnp.where(qp_B[None, :] >= 0, rev_cB, -jnp.inf)
+            rev_pos_cB = (dp_c[:, None] == qp_B[None, :]) & (dp_c >= 0)[:, None]
+            rev_pos_c = jnp.sum(jnp.where(rev_pos_cB, rev_cB, 0.0), axis=1)
+            total = 0.5 * (total + jnp.sum(jnp.where(
+                dp_c >= 0, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0)))
+        return total, sim_bC, logits_bC
+
+    full = q_bD.shape[-1]
+    sums = {"loss_sum": jnp.zeros((), jnp.float32)}
+    for size, weight in sizes:
+        total, _, _ = loss_sum(size)
+        sums["loss_sum"] += weight * total
+        if len(sizes) > 1 or size != full:
+            sums[f"loss_dim{size}_sum"] = total
+    # Statistics at the full size (its loss once more when the sizes leave it out: cheap).
+    _, sim_bC, logits_bC = loss_sum(full)
+    neg_bC = c_valid_C[None, :] & ~pos_bC & q_valid_b[:, None]
+    best_b = jnp.argmax(logits_bC, axis=1)
+    sums |= {
+        "correct": jnp.sum(q_valid_b & jnp.take_along_axis(pos_bC, best_b[:, None], 1)[:, 0]),
+        "pos_sim_sum": jnp.sum(jnp.where(pos_bC, sim_bC, 0.0)),
+        "neg_sim_sum": jnp.sum(jnp.where(neg_bC, sim_bC, 0.0)),
+        "hardest_neg_sim_sum": jnp.sum(jnp.where(
+            q_valid_b, jnp.max(jnp.where(neg_bC, sim_bC, -jnp.inf), axis=1), 0.0)),
+        "neg_count": jnp.sum(neg_bC).astype(jnp.float32),
+        "count": jnp.sum(q_valid_b).astype(jnp.float32),
     }
     if axes is not None:
         sums = lax.psum(sums, axes)
     return sums
 
 
+def loss_sizes(cfg: ContrastiveConfig, width: int) -> tuple[tuple[int, float], ...]:
+    """(embedding size, weight) pairs the loss sums over: the Matryoshka sizes, else the full
+    width alone."""
+    if not cfg.matryoshka_dims:
+        return ((width, 1.0),)
+    too_wide = [d for d in cfg.matryoshka_dims if d > width]
+    if too_wide:
+        raise ValueError(f"contrastive.matryoshka_dims={cfg.matryoshka_dims}: {too_wide} wider "
+                         f"than the model's hidden_size={width}")
+    weights = cfg.matryoshka_weights or (1.0,) * len(cfg.matryoshka_dims)
+    return tuple(zip(cfg.matryoshka_dims, weights, strict=True))
+
+
 def info_nce(q_BD: jax.Array, d_BD: jax.Array, n_MD: jax.Array | None, tau: jax.Array, *,
-             symmetric: bool = False, mesh: Mesh | None = None) -> dict[str, jax.Array]:
-    """InfoNCE sums over the global batch: `loss_sum` (mean over pairs = loss_sum / B), the
-    in-batch accuracy and similarity statistics. With `mesh`, written per device in shard_map."""
+             symmetric: bool = False, mesh: Mesh | None = None,
+             sizes: tuple[tuple[int, float], ...] = (),
+             pair_ids: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+    """InfoNCE sums over the global batch: `loss_sum` (mean over pairs = loss_sum / count), the
+    in-batch accuracy and similarity statistics, summed over the Matryoshka `sizes` (default the
+    full width). Row i of `q_BD` and of `d_BD` is pair i unless `pair_ids` (`query`, `doc`,
+    `neg`; -1 for an empty slot) say otherwise. With `mesh`, written per device in shard_map."""
+    if pair_ids is None:
+        rows = jnp.arange(q_BD.shape[0], dtype=jnp.int32)
+        pair_ids = {"query": rows, "doc": rows}
+        if n_MD is not None:  # ids no query has
+            pair_ids["neg"] = q_BD.shape[0] + jnp.arange(n_MD.shape[0], dtype=jnp.int32)
+    sizes = sizes or ((q_BD.shape[-1], 1.0),)
+    body = functools.partial(_info_nce_shard, symmetric=symmetric, sizes=sizes)
+    args = (q_BD, pair_ids["query"], d_BD, pair_ids["doc"], n_MD, pair_ids.get("neg"), tau)
     if mesh is None:
-        sums = _info_nce_shard(q_BD, d_BD, n_MD, tau, axes=None, symmetric=symmetric)
+        sums = body(*args, axes=None)
     else:
         rows = P(BATCH_AXES)
-        body = functools.partial(_info_nce_shard, axes=BATCH_AXES, symmetric=symmetric)
-        if n_MD is None:
-            body = functools.partial(lambda f, q, d, t: f(q, d, None, t), body)
-            args, specs = (q_BD, d_BD, tau), (rows, rows, P())
-        else:
-            args, specs = (q_BD, d_BD, n_MD, tau), (rows, rows, rows, P())
-        sums = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
-    return {**sums, "count": jnp.asarray(q_BD.shape[0], jnp.float32),
-            "temperature_sum": tau.astype(jnp.float32), "calls": jnp.ones((), jnp.float32)}
+        specs = (rows, rows, rows, rows, rows, rows, P())
+        shard = functools.partial(body, axes=BATCH_AXES)
+        if n_MD is None:  # shard_map takes arrays, not None
+            args, specs = args[:4] + args[6:], specs[:4] + specs[6:]
+            shard = functools.partial(lambda f, q, qp, d, dp, t: f(q, qp, d, dp, None, None, t),
+                                      shard)
+        sums = jax.shard_map(shard, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+    return {**sums, "temperature_sum": tau.astype(jnp.float32),
+            "calls": jnp.ones((), jnp.float32)}
 
 
-def _embed(config: JinaBertConfig, params: Any, ids_BL, mask_BL, rng) -> jax.Array:
-    return functional.embed(config, params, ids_BL, mask_BL, dropout_rng=rng)
+def _embed(config: JinaBertConfig, params: Any, ids_BL, mask_BL, segment_ids_BL,
+           num_segments: int, rng) -> jax.Array:
+    """Embeddings [B, D], or [B, S, D] for packed rows (`segment_ids_BL` given, S segments)."""
+    return functional.embed(config, params, ids_BL, mask_BL, None, segment_ids_BL,
+                            num_segments=num_segments, dropout_rng=rng)
+
+
+def _rows(batch: Batch, key: str) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """A group's (ids, mask, segment ids or None) row arrays."""
+    return batch[f"{key}_ids"], batch[f"{key}_mask"], batch.get(f"{key}_segment_ids")
+
+
+def _segments(batch: Batch, key: str) -> int:
+    """Texts per row: S of a packed group's pair ids [R, S], else 1."""
+    return batch[f"{key}_pair"].shape[-1] if f"{key}_pair" in batch else 1
 
 
 def _groups(batch: Batch) -> list[tuple[str, int]]:
@@ -122,15 +189,27 @@ def _key(rng, index):
     return None if rng is None else jax.random.fold_in(rng, index)
 
 
+def _loss_sums(emb: dict[str, jax.Array], batch: Batch, tau, cfg: ContrastiveConfig,
+               mesh: Mesh | None) -> dict[str, jax.Array]:
+    """InfoNCE of a batch's embeddings; packed groups ([rows, S, D]) become slots with the
+    batch's pair ids."""
+    packed = "query_pair" in batch
+    flat = {k: e.reshape(-1, e.shape[-1]) for k, e in emb.items()}
+    pair_ids = ({k: batch[f"{k}_pair"].reshape(-1) for k in emb} if packed else None)
+    return info_nce(flat["query"], flat["doc"], flat.get("neg"), tau, symmetric=cfg.symmetric,
+                    mesh=mesh, sizes=loss_sizes(cfg, flat["query"].shape[-1]),
+                    pair_ids=pair_ids)
+
+
 def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
                         mesh: Mesh | None = None) -> LossFn:
     """The plain step's loss: embed queries, positives and negatives, InfoNCE over the batch."""
+    loss_sizes(cfg, config.hidden_size)  # refuse sizes wider than the model before tracing
 
     def loss(params, batch: Batch, dropout_rng):
-        emb = {k: _embed(config, params, batch[f"{k}_ids"], batch[f"{k}_mask"],
+        emb = {k: _embed(config, params, *_rows(batch, k), _segments(batch, k),
                          _key(dropout_rng, i)) for k, i in _groups(batch)}
-        sums = info_nce(emb["query"], emb["doc"], emb.get("neg"), temperature(cfg, params),
-                        symmetric=cfg.symmetric, mesh=mesh)
+        sums = _loss_sums(emb, batch, temperature(cfg, params), cfg, mesh)
         sums["tokens"] = _tokens(batch)
         return sums["loss_sum"], sums
 
@@ -150,50 +229,55 @@ def _unchunked(x_NcX: jax.Array) -> jax.Array:
 
 
 def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
-                   mesh: Mesh | None = None) -> GradFn:
+                   mesh: Mesh | None = None, chunks: int | None = None) -> GradFn:
     """GradCache: the gradient of the plain loss with memory for one chunk of activations.
 
-    1. embed every chunk of `cfg.chunk_size` rows without keeping activations (lax.map);
+    1. embed every chunk of rows without keeping activations (lax.map);
     2. the loss and its gradient with respect to the embeddings (and the temperature);
     3. per chunk, re-run the encoder under `jax.vjp` with those embedding cotangents and sum
        the parameter gradients (lax.scan). Dropout keys depend only on (group, chunk), so the
        re-run sees the same masks as step 1.
+
+    `chunks` splits every group's rows in that many parts (packed batches: the pairs' global
+    batch over `chunk_size`); by default the query rows over `cfg.chunk_size`.
     """
     if cfg.chunk_size <= 0:
         raise ValueError("cached_grad_fn needs contrastive.chunk_size > 0")
+    loss_sizes(cfg, config.hidden_size)
 
     def grad_fn(params, batch: Batch, dropout_rng):
         encoder = params["bert"]
         rest = {k: v for k, v in params.items() if k != "bert"}
-        chunks = batch["query_ids"].shape[0] // cfg.chunk_size
+        n_chunks = chunks or batch["query_ids"].shape[0] // cfg.chunk_size
         groups = _groups(batch)
-        inputs = {k: (_chunked(batch[f"{k}_ids"], chunks, mesh),
-                      _chunked(batch[f"{k}_mask"], chunks, mesh),
-                      jnp.arange(chunks) + i * chunks) for k, i in groups}
+        inputs = {k: (jax.tree.map(lambda x: _chunked(x, n_chunks, mesh), _rows(batch, k)),
+                      jnp.arange(n_chunks) + i * n_chunks) for k, i in groups}
 
-        def embed_chunk(enc, ids_cL, mask_cL, index):
-            return _embed(config, {"bert": enc}, ids_cL, mask_cL, _key(dropout_rng, index))
+        def embed_chunk(enc, k, rows, index):
+            return _embed(config, {"bert": enc}, *rows, _segments(batch, k),
+                          _key(dropout_rng, index))
 
-        emb = {k: _unchunked(lax.map(lambda xs: embed_chunk(encoder, *xs), inputs[k]))
+        emb = {k: _unchunked(lax.map(lambda xs, k=k: embed_chunk(encoder, k, *xs), inputs[k]))
                for k, _ in groups}
 
         def loss_of_embeddings(emb, rest):
-            sums = info_nce(emb["query"], emb["doc"], emb.get("neg"), temperature(cfg, rest),
-                            symmetric=cfg.symmetric, mesh=mesh)
+            sums = _loss_sums(emb, batch, temperature(cfg, rest), cfg, mesh)
             return sums["loss_sum"], sums
 
         (_, sums), (g_emb, g_rest) = jax.value_and_grad(
             loss_of_embeddings, argnums=(0, 1), has_aux=True)(emb, rest)
 
-        def backward(acc, xs):
-            ids_cL, mask_cL, index, g_cD = xs
-            _, vjp = jax.vjp(lambda enc: embed_chunk(enc, ids_cL, mask_cL, index), encoder)
-            return jax.tree.map(jnp.add, acc, vjp(g_cD)[0]), None
+        def backward(k):
+            def step(acc, xs):
+                rows, index, g_cX = xs
+                _, vjp = jax.vjp(lambda enc: embed_chunk(enc, k, rows, index), encoder)
+                return jax.tree.map(jnp.add, acc, vjp(g_cX)[0]), None
+            return step
 
         g_encoder = jax.tree.map(jnp.zeros_like, encoder)
         for k, _ in groups:
-            g_encoder, _ = lax.scan(backward, g_encoder,
-                                    (*inputs[k], _chunked(g_emb[k], chunks, mesh)))
+            g_encoder, _ = lax.scan(backward(k), g_encoder,
+                                    (*inputs[k], _chunked(g_emb[k], n_chunks, mesh)))
         sums["tokens"] = _tokens(batch)
         return {**g_rest, "bert": g_encoder}, sums
 
@@ -201,10 +285,13 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Logged means: loss, in-batch accuracy, similarity of positives and of negatives (mean and
-    the hardest per query), and the temperature."""
+    """Logged means: loss (and each Matryoshka size's, `loss_dim128`), in-batch accuracy,
+    similarity of positives and of negatives (mean and the hardest per query), the
+    temperature."""
     count = max(sums.get("count", 1.0), 1.0)
-    return {
+    per_size = {k.removesuffix("_sum"): v / count for k, v in sums.items()
+                if k.startswith("loss_dim")}
+    return per_size | {
         "loss": sums["loss_sum"] / count,
         "accuracy": sums["correct"] / count,
         "pos_sim": sums["pos_sim_sum"] / count,
@@ -217,30 +304,101 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 # -- data ------------------------------------------------------------------------------------
 
 
-class TokenizedPairs:
-    """Raw pair batches (`PairBatcher` or `MultiSourceBatcher`) -> fixed-shape token arrays."""
+def _side_texts(raw: dict, cfg: ContrastiveConfig) -> dict[str, tuple[list[str], int]]:
+    """{group: (texts with their prompt, token limit)} of a raw pair batch."""
+    texts = {"query": ([cfg.query_prompt + t for t in raw["query"]], cfg.max_query_length),
+             "doc": ([cfg.doc_prompt + t for t in raw["positive"]], cfg.max_doc_length)}
+    if cfg.hard_negatives:
+        texts["neg"] = ([cfg.doc_prompt + t for negs in raw["negatives"]
+                         for t in negs[:cfg.hard_negatives]], cfg.max_doc_length)
+    return texts
 
-    def __init__(self, batcher: Iterator[dict], tokenizer: Any, cfg: ContrastiveConfig):
+
+class TokenizedPairs:
+    """Raw pair batches (`PairBatcher` or `MultiSourceBatcher`) -> fixed-shape token arrays,
+    prompts prefixed.
+
+    Padded (default): one text per row, `{group}_ids` / `{group}_mask` [B, L]. Packed
+    (`pack_rows` = {group: rows}): each group's texts laid end to end in that many rows of its
+    length limit, with `{group}_segment_ids` [R, L] and `{group}_pair` [R, S], the pair id of each
+    slot (-1 empty; hard negatives get ids above every pair's). Pair ids are global: this
+    process's pairs start at `process_index * local pairs`, as its rows sit in the global batch.
+    """
+
+    def __init__(self, batcher: Iterator[dict], tokenizer: Any, cfg: ContrastiveConfig, *,
+                 pack_rows: dict[str, int] | None = None, process_index: int = 0,
+                 process_count: int = 1):
+        from jbert.data.tokenizer import special_ids
+
         self.batcher, self.tokenizer, self.cfg = batcher, tokenizer, cfg
+        self.pack_rows = pack_rows
+        self.process_index, self.process_count = process_index, process_count
+        self.pad_id = special_ids(tokenizer).pad
+        self.truncated_tokens = 0  # cut to fit packed rows (see `pack_fixed`), over the run
 
     def __next__(self) -> dict[str, np.ndarray]:
-        from jbert.data.tokenizer import tokenize_texts
+        from jbert.data.tokenizer import encode_with_specials, tokenize_texts
 
         raw = next(self.batcher)
-        cfg = self.cfg
         out = {}
-        texts = {"query": (raw["query"], cfg.max_query_length),
-                 "doc": (raw["positive"], cfg.max_doc_length)}
-        if cfg.hard_negatives:
-            texts["neg"] = ([t for negs in raw["negatives"] for t in negs[:cfg.hard_negatives]],
-                            cfg.max_doc_length)
+        texts = _side_texts(raw, self.cfg)
+        if self.pack_rows is None:
+            for key, (batch_texts, length) in texts.items():
+                arrays = tokenize_texts(self.tokenizer, batch_texts, length, pad_to=length)
+                out[f"{key}_ids"] = arrays["input_ids"]
+                out[f"{key}_mask"] = arrays["attention_mask"]
+            return out
+        pairs, negatives = len(raw["query"]), len(texts["neg"][0]) if "neg" in texts else 0
+        first = self.process_index * pairs
+        first_neg = pairs * self.process_count + self.process_index * negatives
         for key, (batch_texts, length) in texts.items():
-            arrays = tokenize_texts(self.tokenizer, batch_texts, length, pad_to=length)
-            out[f"{key}_ids"], out[f"{key}_mask"] = arrays["input_ids"], arrays["attention_mask"]
+            packed = pack_fixed(encode_with_specials(self.tokenizer, batch_texts, length),
+                                self.pack_rows[key], length, self.pad_id)
+            pair_RS = np.full((self.pack_rows[key], texts_per_row(length)), -1, np.int32)
+            pair_RS.reshape(-1)[packed.text_slot] = (
+                first_neg if key == "neg" else first) + np.arange(len(batch_texts))
+            out[f"{key}_ids"] = packed.ids_RL
+            out[f"{key}_mask"] = (packed.segment_ids_RL > 0).astype(np.int32)
+            out[f"{key}_segment_ids"] = packed.segment_ids_RL
+            out[f"{key}_pair"] = pair_RS
+            self.truncated_tokens += packed.truncated_tokens
         return out
 
     def get_state(self) -> dict:
         return self.batcher.get_state()
+
+
+def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: ContrastiveConfig,
+                   local_pairs: int, row_multiple: int, seed: int = 0, batches: int = 32
+                   ) -> dict[str, int]:
+    """Rows per group of a packed batch: the most that `batches` batches of `local_pairs` pairs
+    drawn from each source need, plus 5%, rounded up to `row_multiple`, never more than the
+    padded layout's. A batch that still does not fit has its longest texts cut
+    (`TokenizedPairs.truncated_tokens` counts them)."""
+    from jbert.data.tokenizer import encode_with_specials
+
+    rng = np.random.default_rng(seed)
+    needed: dict[str, int] = {}
+    for pairs in sources.values():
+        size = min(len(pairs), max(4096, 4 * local_pairs))
+        sample = [pairs[i] for i in rng.choice(len(pairs), size, replace=False)]
+        raw = {"query": [p["query"] for p in sample], "positive": [p["positive"] for p in sample],
+               "negatives": [p.get("negatives", []) for p in sample]}
+        per_text = {k: ([len(x) for x in encode_with_specials(tokenizer, t, n)], n)
+                    for k, (t, n) in _side_texts(raw, cfg).items()}
+        for _ in range(batches):
+            chosen = rng.choice(len(sample), min(local_pairs, len(sample)), replace=False)
+            for key, (lengths, limit) in per_text.items():
+                per_pair = len(lengths) // len(sample)  # hard negatives: several per pair
+                batch = [lengths[i * per_pair + j] for i in chosen for j in range(per_pair)]
+                rows = len(best_fit(batch, lambda _, n=limit: n)[0])
+                needed[key] = max(needed.get(key, 0), rows)
+    per_pair = {"query": 1, "doc": 1, "neg": cfg.hard_negatives}
+    out = {}
+    for key, rows in needed.items():
+        rows = -(-int(np.ceil(rows * 1.05)) // row_multiple) * row_multiple
+        out[key] = min(rows, local_pairs * per_pair[key])
+    return out
 
 
 def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
@@ -284,6 +442,16 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     tokenizer = load_tokenizer(root / "tokenizer")
     sources = load_sources(cfg, root)
 
+    chunks = cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
+    pack_rows = None
+    if c.pack:
+        processes = jax.process_count()
+        batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        # Global rows split into the GradCache chunks, each over the batch devices.
+        multiple = chunks * batch_devices
+        pack_rows = plan_pack_rows(sources, tokenizer, c, cfg.data.batch_size // processes,
+                                   multiple // np.gcd(multiple, processes), seed=cfg.data.seed)
+
     def train_data(process_index, process_count, state):
         batchers = [PairBatcher(pairs, cfg.data.batch_size, source=name, seed=cfg.data.seed,
                                 process_index=process_index, process_count=process_count)
@@ -292,7 +460,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
                    else MultiSourceBatcher(batchers, seed=cfg.data.seed))
         if state is not None:
             batcher.set_state(state)
-        return TokenizedPairs(batcher, tokenizer, c)
+        return TokenizedPairs(batcher, tokenizer, c, pack_rows=pack_rows,
+                              process_index=process_index, process_count=process_count)
 
     held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
     sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
@@ -311,8 +480,10 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     task = Task(
         head=HEAD, loss_fn=contrastive_loss_fn(cfg.model, c, mesh), train_data=train_data,
         evaluate=evaluate, summarize=summarize,
-        grad_fn=cached_grad_fn(cfg.model, c, mesh) if c.chunk_size else None,
+        grad_fn=cached_grad_fn(cfg.model, c, mesh, chunks) if c.chunk_size else None,
         flops_per_token=recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
              "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
+    if pack_rows is not None:
+        facts["pack_rows"] = pack_rows  # per process, for `data.batch_size` pairs
     return task, facts

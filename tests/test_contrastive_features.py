@@ -1,0 +1,227 @@
+"""Contrastive features: Matryoshka sizes in the loss (against numpy, sharded, under GradCache),
+packed batches (layout, loss and gradients equal to the padded step's), prompts in training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_contrastive import _assert_trees_close, _config, _grads, _numpy_info_nce, _unit
+
+from jbert.data.packing import pack_fixed, texts_per_row
+from jbert.data.pair_batches import PairBatcher
+from jbert.data.tokenizer import train_tokenizer
+from jbert.model import functional
+from jbert.ops.sharding import batch_sharding, make_mesh
+from jbert.tasks.contrastive import (
+    TokenizedPairs,
+    cached_grad_fn,
+    info_nce,
+    loss_sizes,
+    plan_pack_rows,
+    summarize,
+)
+from jbert.training.config import ContrastiveConfig
+
+B = 16
+
+
+def _truncated(x, size):
+    x = np.asarray(x, np.float64)[:, :size]
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_matryoshka_loss_is_the_weighted_sum_over_truncated_renormalised_sizes(symmetric):
+    rng = np.random.default_rng(5)
+    q, d, n = _unit(rng, (B, 16)), _unit(rng, (B, 16)), _unit(rng, (2 * B, 16))
+    sizes = ((16, 1.0), (8, 0.5), (4, 0.25))
+    want = sum(w * _numpy_info_nce(_truncated(q, s), _truncated(d, s), _truncated(n, s), 0.1,
+                                   symmetric) for s, w in sizes)
+    mesh = make_mesh(data=2, fsdp=4)
+    put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    single = info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric, sizes=sizes)
+    sharded = jax.jit(lambda q, d, n: info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric,
+                                               mesh=mesh, sizes=sizes))(put(q), put(d), put(n))
+    for sums in (single, sharded):
+        np.testing.assert_allclose(float(sums["loss_sum"]), want, rtol=1e-5)
+        np.testing.assert_allclose(
+            float(sums["loss_dim8_sum"]),
+            _numpy_info_nce(_truncated(q, 8), _truncated(d, 8), _truncated(n, 8), 0.1, symmetric),
+            rtol=1e-5)
+    logged = summarize({k: float(v) for k, v in single.items()})
+    assert set(logged) >= {"loss", "loss_dim16", "loss_dim8", "loss_dim4"}
+    np.testing.assert_allclose(logged["loss"], want / B, rtol=1e-5)
+
+
+def test_matryoshka_sizes_are_checked_against_the_model():
+    cfg = ContrastiveConfig(matryoshka_dims=(32, 16), matryoshka_weights=(1.0, 0.5))
+    assert loss_sizes(cfg, 32) == ((32, 1.0), (16, 0.5))
+    assert loss_sizes(ContrastiveConfig(), 32) == ((32, 1.0),)
+    with pytest.raises(ValueError, match=r"\[64\] wider than the model's hidden_size=32"):
+        loss_sizes(ContrastiveConfig(matryoshka_dims=(64, 16)), 32)
+    with pytest.raises(ValueError, match="one weight per size"):
+        ContrastiveConfig(matryoshka_dims=(32, 16), matryoshka_weights=(1.0,))
+    with pytest.raises(ValueError, match="listed twice"):
+        ContrastiveConfig(matryoshka_dims=(16, 16))
+
+
+@pytest.mark.parametrize("mesh_shape", [
+    None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
+def test_gradcache_with_matryoshka_equals_the_plain_gradient(mesh_shape):
+    from test_contrastive import _batch
+
+    cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=4,
+                            learn_temperature=True, matryoshka_dims=(32, 16, 8),
+                            matryoshka_weights=(1.0, 1.0, 0.5))
+    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
+    batch = _batch(2, seed=7)
+    loss_ref, grads_ref = _grads(cfg, params, batch, None)
+    plain_loss, _ = _grads(ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2,
+                                             learn_temperature=True), params, batch, None)
+    assert loss_ref > plain_loss  # three sizes' losses, not one
+    mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
+    loss, grads = _grads(cfg, params, batch, mesh, grad_fn=cached_grad_fn(_config(), cfg, mesh))
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    _assert_trees_close(grads, grads_ref, atol=1e-5)
+
+
+# -- packing ---------------------------------------------------------------------------------
+
+
+def test_pack_fixed_lays_texts_end_to_end_and_cuts_only_what_does_not_fit():
+    texts = [[2, *range(10, 10 + n), 3] for n in (6, 14, 2, 9, 4, 1)]  # CLS ... SEP
+    packed = pack_fixed(texts, num_rows=4, length=16, pad_id=0)
+    assert packed.truncated_tokens == 0
+    S = texts_per_row(16)
+    for i, text in enumerate(texts):
+        r, s = divmod(int(packed.text_slot[i]), S)
+        assert packed.ids_RL[r][packed.segment_ids_RL[r] == s + 1].tolist() == text
+    assert len(set(packed.text_slot.tolist())) == len(texts)
+    assert (packed.ids_RL[packed.segment_ids_RL == 0] == 0).all()
+    # Two rows of 24 hold six texts but not their 48 tokens: the longest texts are cut, SEP
+    # kept, the shape unchanged.
+    cut = pack_fixed(texts, num_rows=2, length=24, pad_id=0)
+    assert cut.ids_RL.shape == (2, 24) and cut.truncated_tokens > 0
+    S = texts_per_row(24)
+    assert (cut.segment_ids_RL > 0).sum() == sum(map(len, texts)) - cut.truncated_tokens
+    for i in range(len(texts)):
+        r, s = divmod(int(cut.text_slot[i]), S)
+        row = cut.ids_RL[r][cut.segment_ids_RL[r] == s + 1].tolist()
+        assert row[0] == 2 and row[-1] == 3 and row[1:-1] == texts[i][1:len(row) - 1]
+    with pytest.raises(ValueError, match="6 texts do not fit 2 rows of 16 tokens"):
+        pack_fixed(texts, num_rows=2, length=16, pad_id=0)  # two texts a row
+
+
+WORDS = ["add", "sum", "read", "file", "parse", "json", "sort", "list", "open", "close"]
+
+
+def _pairs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        query = " ".join(rng.choice(WORDS, rng.integers(1, 4)))
+        code = " ".join(rng.choice(WORDS, rng.integers(2, 30)))
+        negs = [" ".join(rng.choice(WORDS, rng.integers(2, 30))) + f" n{j}" for j in range(2)]
+        out.append({"query": f"{query} {i}", "positive": f"def f{i}(): {code}",
+                    "negatives": negs})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [t for p in _pairs(200) for t in (p["query"], p["positive"], *p["negatives"])]
+    return train_tokenizer(texts, vocab_size=128)
+
+
+def _padded_and_packed(tokenizer, cfg, pairs, processes=1):
+    """The same raw batch as padded rows and as packed rows (per process, concatenated as the
+    trainer assembles the global batch)."""
+    rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B // processes, row_multiple=4)
+    padded = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer, cfg))
+    parts = [next(TokenizedPairs(
+        PairBatcher(pairs, B, source="s", seed=0, process_index=p, process_count=processes),
+        tokenizer, cfg, pack_rows=rows, process_index=p, process_count=processes))
+        for p in range(processes)]
+    packed = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    return padded, packed, rows
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),
+    pytest.param(dict(symmetric=True, hard_negatives=2, matryoshka_dims=(32, 8)),
+                 marks=pytest.mark.slow),
+], ids=["plain", "symmetric+negatives+matryoshka"])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_packed_batch_gives_the_padded_loss_and_gradients(tokenizer, variant, processes):
+    config = _config()
+    cfg = ContrastiveConfig(temperature=0.1, max_query_length=48, max_doc_length=256, **variant)
+    padded, packed, rows = _padded_and_packed(tokenizer, cfg, _pairs(64), processes)
+    # The same tokens in fewer positions (16 pairs: the rows are planned for the worst of
+    # many batches, so the gain is smaller than at real batch sizes).
+    for key in rows:
+        assert packed[f"{key}_ids"].size <= padded[f"{key}_ids"].size
+        assert packed[f"{key}_mask"].sum() == padded[f"{key}_mask"].sum()
+    if processes == 1:  # 8 pairs a process leave nothing to gain at these lengths
+        assert packed["doc_ids"].size < padded["doc_ids"].size
+        assert packed["doc_mask"].mean() > 1.5 * padded["doc_mask"].mean()
+    params = functional.init_params(config, jax.random.key(0), "contrastive")
+    loss_padded, grads_padded = _grads(cfg, params, padded, None)
+    loss_packed, grads_packed = _grads(cfg, params, packed, None)
+    np.testing.assert_allclose(loss_packed, loss_padded, rtol=1e-5)
+    _assert_trees_close(grads_packed, grads_padded, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokenizer):
+    config = _config()
+    cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=8,
+                            learn_temperature=True, max_query_length=16, max_doc_length=32,
+                            matryoshka_dims=(32, 16))
+    pairs = _pairs(64)
+    rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B, row_multiple=2 * 8)
+    assert all(r % 16 == 0 for r in rows.values())
+    padded = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer, cfg))
+    packed = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer, cfg,
+                                 pack_rows=rows))
+    params = functional.init_params(config, jax.random.key(0), "contrastive")
+    loss_ref, grads_ref = _grads(cfg, params, padded, None)
+    mesh = make_mesh(data=2, fsdp=4)
+    loss, grads = _grads(cfg, params, packed, mesh,
+                         grad_fn=cached_grad_fn(config, cfg, mesh, chunks=B // 8))
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    _assert_trees_close(grads, grads_ref, atol=2e-5)
+
+
+def test_plan_pack_rows_fits_the_batches_it_plans_for(tokenizer):
+    cfg = ContrastiveConfig(max_query_length=16, max_doc_length=32, hard_negatives=2)
+    pairs = _pairs(300, seed=1)
+    rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B, row_multiple=4)
+    assert set(rows) == {"query", "doc", "neg"}
+    assert all(r % 4 == 0 and r <= B * (2 if k == "neg" else 1) for k, r in rows.items())
+    batches = TokenizedPairs(PairBatcher(pairs, B, source="s", seed=3), tokenizer, cfg,
+                             pack_rows=rows)
+    for _ in range(10):
+        batch = next(batches)
+        for key in rows:
+            ids = batch[f"{key}_pair"]
+            assert batch[f"{key}_ids"].shape[0] == rows[key]
+            assert (ids >= 0).sum() == B * (2 if key == "neg" else 1)
+    assert batches.truncated_tokens == 0
+
+
+def test_prompts_prefix_every_query_and_document_in_training(tokenizer):
+    pairs = _pairs(40)
+    cfg = ContrastiveConfig(max_query_length=24, max_doc_length=32, hard_negatives=2,
+                            query_prompt="query: ", doc_prompt="passage: ")
+    with_prompts = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer, cfg))
+    prefixed = [{"query": "query: " + p["query"], "positive": "passage: " + p["positive"],
+                 "negatives": ["passage: " + n for n in p["negatives"]]} for p in pairs]
+    plain_cfg = ContrastiveConfig(max_query_length=24, max_doc_length=32, hard_negatives=2)
+    by_hand = next(TokenizedPairs(PairBatcher(prefixed, B, source="s", seed=0), tokenizer,
+                                  plain_cfg))
+    assert with_prompts.keys() == by_hand.keys()
+    for key in with_prompts:
+        np.testing.assert_array_equal(with_prompts[key], by_hand[key])
+    without = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer,
+                                  plain_cfg))
+    assert not np.array_equal(without["query_ids"], with_prompts["query_ids"])
