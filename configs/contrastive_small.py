@@ -20,7 +20,9 @@ Reach: held-out macro nDCG@10 over six languages 0.498 against BM25's 0.481 (MRR
        Python; fused with BM25 0.565 (RRF) and 0.594 (linear). The curve crosses BM25 between
        steps 900 and 1200 (0.476, 0.489 on the sampled training-time sets); `:hardneg` leaves it
        at 0.498 (docs/results.md).
-Args:  `:hardneg` the hard-negative pass; `:smoke` 10 steps (tests).
+Args:  `:hardneg` the hard-negative pass; `:matryoshka` / `:single-size` contrastive only, packed
+       batches, 900 steps, the loss over sizes 256/128/64/32 or the full size alone (the
+       Matryoshka figures of docs/results.md); `:smoke` 10 steps (tests).
 """
 
 import dataclasses
@@ -53,8 +55,17 @@ def get_config(arg: str | None = None) -> TrainConfig:
             optim=dataclasses.replace(config.optim, learning_rate=2e-4, warmup_steps=30),
             contrastive=dataclasses.replace(
                 config.contrastive, hard_negatives=3, sources=backbone.data.dir + "/pairs-mined"))
+    elif arg in ("matryoshka", "single-size"):
+        # Issue 17's measurement: contrastive only (the short MLM stage did not help,
+        # docs/results.md), packed batches, the loss over four nested sizes or the full one.
+        dims = (256, 128, 64, 32) if arg == "matryoshka" else ()
+        config = dataclasses.replace(
+            config, init_from=None, workdir=f"runs/contrastive-small-{arg}", steps=900,
+            contrastive=dataclasses.replace(config.contrastive, pack=True,
+                                            matryoshka_dims=dims))
     elif arg == "smoke":
         config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
     elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: hardneg, smoke)")
+        raise ValueError(f"unknown argument {arg!r} (known: hardneg, matryoshka, single-size, "
+                         "smoke)")
     return config
