@@ -133,6 +133,14 @@ def padding_fraction(calls: Sequence[EncoderCall], lengths: Sequence[int]) -> fl
     return 1.0 - sum(lengths) / computed if computed else 0.0
 
 
+@functools.cache
+def _compiled_embed(config: JinaBertConfig):
+    """One jitted `embed` per model config, shared by its embedders (an evaluation over several
+    sets compiles each shape once)."""
+    return jax.jit(functools.partial(functional.embed, config),
+                   static_argnames=("num_segments", "normalize"))
+
+
 class Embedder:
     """`encode(texts)` for a base model's params and its tokenizer. `prompts` maps prompt names
     ("query", "document") to the prefixes `encode(..., prompt_name=...)` puts before texts;
@@ -157,8 +165,7 @@ class Embedder:
         self.prompts = dict(prompts or {})
         self.matryoshka_dims = tuple(matryoshka_dims)
         self.last_padding_fraction = 0.0  # of the last `encode`'s calls, for benchmarks and tests
-        self._embed = jax.jit(functools.partial(functional.embed, config),
-                              static_argnames=("num_segments", "normalize"))
+        self._embed = _compiled_embed(config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, max_length: int | None = None
