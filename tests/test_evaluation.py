@@ -151,3 +151,27 @@ def test_export_prompts_and_sizes_reach_the_evaluation(tiny_model, tmp_path):
     assert "dims" not in evaluate_retrieval(embedder, sets, max_query_length=16,
                                             max_doc_length=16, dims=())
 
+
+@pytest.mark.slow  # four evaluations
+def test_train_evaluate_applies_the_exports_prompts_and_reports_dims(tiny_model, tmp_path,
+                                                                    capsys, monkeypatch):
+    import json
+
+    from train.evaluate import main
+
+    config, params, tok = tiny_model
+    export = save_pretrained(tmp_path / "export", config, params, tokenizer=tok,
+                             prompts={"query": "query: "}, matryoshka_dims=(8,))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs()))
+    args = ["--model", str(export), "--pairs", str(tmp_path / "test.jsonl"),
+            "--max_query_length", "16", "--max_doc_length", "16"]
+    out = main(args)
+    assert out["prompts"] == {"query": "query: "} and list(out["dims"]) == [8]
+    assert main([*args, "--dims", "16,4"])["dims"].keys() == {16, 4}
+    assert "dims" not in main([*args, "--dims", ""])
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--dims", "64"])
+    assert capsys.readouterr().err == ("error: --dims 64: sizes must be at most the model's "
+                                       "hidden_size 32\n")
