@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import warnings
-from importlib import resources
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
