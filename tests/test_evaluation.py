@@ -55,8 +55,8 @@ def test_evaluate_retrieval_gives_the_encoders_own_figures(tmp_path):
              "language": "Python"}
             for i, verb in enumerate(["add", "read", "sum", "load", "sort", "join", "find"])]
     sets = pairs_to_sets(many)
-    out = evaluate_retrieval(Embedder.from_pretrained(tmp_path / "export"), sets, max_query_length=16,
-                             max_doc_length=16)
+    out = evaluate_retrieval(Embedder.from_pretrained(tmp_path / "export"), sets,
+                             max_query_length=16, max_doc_length=16)
 
     def embed(texts):
         rows = tokenize_texts(tok, texts, 16)
@@ -150,6 +150,43 @@ def test_export_prompts_and_sizes_reach_the_evaluation(tiny_model, tmp_path):
     assert out == want and set(out["dims"]) == {16, 8}
     assert "dims" not in evaluate_retrieval(embedder, sets, max_query_length=16,
                                             max_doc_length=16, dims=())
+
+
+def test_named_eval_sets_read_beir_dirs_and_pairs_and_name_bad_entries(tiny_model, tmp_path):
+    import json
+
+    from jbert.errors import InputError
+    from jbert.evaluation.beir import load_named_sets, write_beir
+    from jbert.evaluation.retrieval import named_evaluators
+
+    config, _, tok = tiny_model
+    beir = write_beir(pairs_to_sets(_pairs())[0], tmp_path / "beir")
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "test.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in _pairs("Python") + _pairs("Go")))
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs("Java")))
+    named = load_named_sets(f"mine={beir}, theirs={tmp_path / 'pairs'},one={tmp_path}/one.jsonl")
+    assert [rs.name for rs in named["mine"]] == ["mine"]
+    assert [rs.name for rs in named["theirs"]] == ["go", "python"]
+    assert [rs.name for rs in named["one"]] == ["java"] and len(named["one"][0].queries) == 7
+    assert load_named_sets(f"m={beir}", max_queries=3)["m"][0].queries != named["mine"][0].queries
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "beir-bad" / "qrels").mkdir(parents=True)
+    bad = {f"x={tmp_path / 'nowhere'}": "does not exist",
+           f"x={tmp_path / 'empty'}": "neither a BEIR-layout directory",
+           f"x={tmp_path / 'beir-bad'}": "no corpus.jsonl",
+           "x": "is not name=path",
+           f"x={beir},x={beir}": "given twice"}
+    for spec, message in bad.items():
+        with pytest.raises(InputError, match=f"^contrastive.eval_sets: .*{message}") as e:
+            load_named_sets(spec)
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match=r"name\(s\) \['python'\]"):
+        named_evaluators(f"python={beir}", config, tok, reserved=["python"])
+    with pytest.raises(InputError, match=r"name\(s\) \['dim64'\]"):
+        named_evaluators(f"dim64={beir}", config, tok)
+    evaluators = named_evaluators(f"mine={beir}", config, tok, max_query_length=16)
+    assert evaluators["mine"].lengths == (16, 256) and evaluators["mine"].sets == named["mine"]
 
 
 @pytest.mark.slow  # four evaluations

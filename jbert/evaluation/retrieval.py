@@ -292,6 +292,24 @@ class SetEvaluator:
                           for rs in self.sets}}
 
 
+def named_evaluators(spec: str, config: Any, tokenizer: Any, *, max_queries: int | None = None,
+                     seed: int = 0, reserved: Sequence[str] = (), **evaluator_kwargs: Any
+                     ) -> dict[str, SetEvaluator]:
+    """`contrastive.eval_sets` ("name=path,...", see `beir.load_named_sets`) as one
+    `SetEvaluator` per name, each built with `evaluator_kwargs`. A name in `reserved` (log key
+    prefixes already taken, such as the held-out languages) is refused."""
+    from jbert.errors import InputError
+    from jbert.evaluation.beir import load_named_sets
+
+    named = load_named_sets(spec, max_queries, seed)
+    taken = [n for n in named if n in reserved or re.fullmatch(r"dim\d+", n)]
+    if taken:
+        raise InputError(f"contrastive.eval_sets: the name(s) {taken} would mix their log keys "
+                         f"with other figures (taken: {sorted(reserved)} and dim<N>); rename")
+    return {name: SetEvaluator(config, tokenizer, sets, **evaluator_kwargs)
+            for name, sets in named.items()}
+
+
 # The names the trainer logs: `retrieval_*` is the dense model's macro average over the sets.
 LOGGED_SYSTEMS = {"dense": "retrieval", "bm25": "bm25", "rrf": "rrf", "linear": "linear"}
 

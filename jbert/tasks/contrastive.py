@@ -272,7 +272,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
     from jbert.data.tokenizer import load_tokenizer
     from jbert.evaluation.beir import pairs_to_sets
-    from jbert.evaluation.retrieval import SetEvaluator, logged_metrics
+    from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
     from jbert.training.flops import encoder_flops_per_token
     from jbert.training.trainer import Task
 
@@ -296,14 +296,22 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
 
     held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
     sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
-    evaluator = SetEvaluator(cfg.model, tokenizer, sets, max_query_length=c.max_query_length,
-                             max_doc_length=c.max_doc_length)  # tokenised and compiled once
+    # Tokenised (after the run's prompts) and compiled once; sizes reported per Matryoshka dim.
+    eval_kwargs = dict(max_query_length=c.max_query_length, max_doc_length=c.max_doc_length,
+                       query_prompt=c.query_prompt, doc_prompt=c.doc_prompt,
+                       dims=c.matryoshka_dims)
+    evaluator = SetEvaluator(cfg.model, tokenizer, sets, **eval_kwargs)
     bm25 = evaluator()  # BM25 alone: the reference line, the same at every eval
+    # The user's own sets (`contrastive.eval_sets`), each logged under its name.
+    named = named_evaluators(c.eval_sets, cfg.model, tokenizer, max_queries=c.eval_max_pairs,
+                             seed=cfg.data.seed, reserved=[rs.name for rs in sets],
+                             **eval_kwargs)
 
     def evaluate(params) -> dict[str, float]:
-        if not sets:
-            return {}
-        return logged_metrics(evaluator(params, linear=False))
+        out = logged_metrics(evaluator(params, linear=False)) if sets else {}
+        for name, ev in named.items():  # one set (a BEIR dir): its macro keys say it all
+            out.update(logged_metrics(ev(params, linear=False), f"{name}/", len(ev.sets) > 1))
+        return out
 
     mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
         2 + c.hard_negatives)
@@ -315,4 +323,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         flops_per_token=recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
              "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
+    for name, ev in named.items():
+        alone = ev()  # BM25 on the named set
+        facts[f"{name}/eval_sets"] = alone["sizes"]
+        facts.update(logged_metrics(alone, f"{name}/", len(ev.sets) > 1))
     return task, facts
