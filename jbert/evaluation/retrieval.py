@@ -101,7 +101,7 @@ def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int
         return load_sentence_transformers_settings(path)
     c = run_config(path).contrastive
     prompts = {k: v for k, v in (("query", c.query_prompt), ("document", c.doc_prompt)) if v}
-    return prompts, tuple(c.matryoshka_dims)
+    return prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them
 
 
 # -- graded-relevance evaluation of retrieval sets (BEIR layout, our pairs per language) -----
