@@ -300,6 +300,65 @@ def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
         assert 0.0 <= summary["final_eval"][key] <= 1.0
 
 
+def _named_sets(root: Path) -> str:
+    """`contrastive.eval_sets` of a BEIR dir and a pairs file of two languages under `root`."""
+    from jbert.evaluation.beir import pairs_to_sets, write_beir
+
+    pairs = [{"query": f"Parse the {w} list {i}.", "language": lang,
+              "positive": f"def parse_{w}_{i}(x):\n    return {w}(x) + {i}"}
+             for lang in ("Python", "Go") for i, w in enumerate(["json", "file", "sort"] * 2)]
+    beir = write_beir(pairs_to_sets(pairs[:6])[0], root / "beir")
+    (root / "mine.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return f"corpus={beir},mine={root / 'mine.jsonl'}"
+
+
+@pytest.mark.slow
+def test_named_eval_sets_and_sizes_are_logged_under_their_names(tmp_path):
+    from jbert.tasks.contrastive import contrastive_task
+    from jbert.training.trainer import train
+
+    data = make_data_dir(tmp_path / "data")
+    cfg = TrainConfig(
+        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
+                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.0),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
+        data=DataConfig(dir=str(data), batch_size=8),
+        contrastive=ContrastiveConfig(max_query_length=16, max_doc_length=24,
+                                      query_prompt="query: ", matryoshka_dims=(16,),
+                                      eval_sets=_named_sets(tmp_path)),
+        checkpoint=CheckpointConfig(every_steps=100, keep=1, async_save=False),
+        workdir=str(tmp_path / "run"), steps=2, log_every=1, eval_every=100, progress=False)
+    task, facts = contrastive_task(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    assert facts["corpus/eval_sets"] == {"corpus": {"queries": 6, "docs": 6}}
+    assert facts["mine/eval_sets"].keys() == {"go", "python"}
+    assert 0 <= facts["corpus/bm25_ndcg@10"] <= 1 and "mine/go/bm25_ndcg@10" in facts
+    summary = train(cfg, task)
+    final = summary["final_eval"]
+    for key in ("retrieval_ndcg@10", "dim16/retrieval_ndcg@10", "corpus/retrieval_ndcg@10",
+                "corpus/bm25_ndcg@10", "corpus/rrf_ndcg@10", "corpus/dim16/retrieval_ndcg@10",
+                "mine/retrieval_ndcg@10", "mine/python/retrieval_ndcg@10",
+                "mine/go/retrieval_mrr@10", "mine/dim16/go/retrieval_ndcg@10"):
+        assert 0.0 <= final[key] <= 1.0, key
+    assert not any(k.startswith("corpus/corpus/") for k in final)  # one set: macro keys alone
+    assert final["corpus/bm25_ndcg@10"] == facts["corpus/bm25_ndcg@10"]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any("mine/python/retrieval_ndcg@10" in r for r in logged)
+
+
+def test_a_bad_eval_set_stops_the_run_before_it_starts(tmp_path):
+    from jbert.errors import InputError
+    from jbert.tasks.contrastive import contrastive_task
+
+    data = make_data_dir(tmp_path / "data", n_train=16, n_test=4)
+    cfg = TrainConfig(model=preset("tiny", vocab_size=320), data=DataConfig(dir=str(data)),
+                      contrastive=ContrastiveConfig(eval_sets=f"gone={tmp_path / 'gone'}"),
+                      workdir=str(tmp_path / "run"))
+    with pytest.raises(InputError, match=rf"^contrastive.eval_sets: 'gone={tmp_path}/gone': "
+                                         rf"{tmp_path}/gone does not exist$"):
+        contrastive_task(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_gradcache_fits_1024_pairs_of_256_tokens():
     """Compiled temp memory of the tiny recipe's step at 1024 x 256: GradCache against plain."""

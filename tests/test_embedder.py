@@ -123,3 +123,39 @@ def test_packing_wastes_under_five_percent_on_real_code(embedder, max_length):
     packed = padding_fraction(plan_calls(lengths, max_length, 32), lengths)
     unpacked = padding_fraction(plan_calls(lengths, max_length, 32, pack=False), lengths)
     assert packed < 0.05 < unpacked
+
+
+def test_prompts_prefix_every_text(embedder):
+    prompted = Embedder(embedder.config, embedder.params, embedder.tokenizer, max_length=512,
+                        prompts={"query": "Represent this query: ", "document": ""})
+    want = embedder.encode(["Represent this query: " + t for t in TEXTS])
+    np.testing.assert_array_equal(prompted.encode(TEXTS, prompt_name="query"), want)
+    np.testing.assert_array_equal(embedder.encode(TEXTS, prompt="Represent this query: "), want)
+    np.testing.assert_array_equal(prompted.encode(TEXTS[0], prompt_name="query"), want[0])
+    np.testing.assert_array_equal(prompted.encode(TEXTS, prompt_name="document"),
+                                  embedder.encode(TEXTS))
+    assert not np.allclose(want, embedder.encode(TEXTS))  # the prompt did change something
+    with pytest.raises(ValueError, match=r"unknown prompt_name 'code'.*\['document', 'query'\]"):
+        prompted.encode(TEXTS, prompt_name="code")
+    with pytest.raises(ValueError, match="unknown prompt_name 'query'.*none"):
+        embedder.encode(TEXTS, prompt_name="query")
+    with pytest.raises(ValueError, match="not both"):
+        prompted.encode(TEXTS, prompt_name="query", prompt="x")
+
+
+def test_dim_keeps_the_leading_dimensions_renormalised(embedder):
+    full = embedder.encode(TEXTS[:-1])
+    for dim in (1, 16, embedder.config.hidden_size):
+        got = embedder.encode(TEXTS[:-1], dim=dim)
+        want = full[:, :dim] / np.linalg.norm(full[:, :dim], axis=1, keepdims=True)
+        assert got.shape == (len(TEXTS) - 1, dim)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    raw = embedder.encode(TEXTS[:-1], normalize=False)
+    np.testing.assert_array_equal(embedder.encode(TEXTS[:-1], normalize=False, dim=16),
+                                  raw[:, :16])
+    assert embedder.encode(TEXTS[0], dim=8).shape == (8,)
+    for bad in (0, embedder.config.hidden_size + 1):
+        with pytest.raises(ValueError, match=rf"dim={bad} must be in \[1, "
+                                             rf"{embedder.config.hidden_size}\]"):
+            embedder.encode(TEXTS, dim=bad)

@@ -65,3 +65,22 @@ def test_export_errors(run_dir, tmp_path):
     with pytest.raises(FileExistsError):
         export_run(run_dir, tmp_path / "once")
     assert jax.device_count() == 8
+
+
+def test_export_carries_the_runs_prompts_and_matryoshka_sizes(run_dir, tmp_path):
+    import json
+    import shutil
+
+    from jbert.evaluation.retrieval import load_inference_settings
+
+    assert load_inference_settings(run_dir) == ({}, ())  # an MLM run: no prompts, no sizes
+    tuned = tmp_path / "tuned"
+    shutil.copytree(run_dir, tuned)
+    config = json.loads((tuned / "config.json").read_text())
+    config["contrastive"].update(query_prompt="query: ", doc_prompt="", matryoshka_dims=[8, 16])
+    (tuned / "config.json").write_text(json.dumps(config))
+    out = export_run(tuned, tmp_path / "export", head="base")
+    settings = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"] == {"query": "query: "} and settings["matryoshka_dims"] == [16, 8]
+    assert load_inference_settings(tuned) == load_inference_settings(out) == (
+        {"query": "query: "}, (16, 8))

@@ -11,13 +11,14 @@ from jbert.tasks.mining import MiningConfig, cached_bm25_negatives, dense_negati
 
 
 class FakeEmbedder:
-    """Texts are "name" strings mapped to fixed unit vectors."""
+    """Texts are "name" strings (after the prompt) mapped to fixed unit vectors."""
 
-    def __init__(self, vectors):
+    def __init__(self, vectors, prompts=None):
         self.vectors = vectors
+        self.prompts = prompts or {}
 
-    def encode(self, texts, max_length=None, batch_size=None):
-        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
+    def encode(self, texts, max_length=None, batch_size=None, prompt=""):
+        return np.stack([self.vectors[prompt + t] for t in texts]).astype(np.float32)
 
 
 def _unit(angle):
@@ -43,6 +44,11 @@ def test_dense_negatives_keep_the_window_and_drop_false_negatives():
     assert stats["dropped_same_code"] >= 1 and stats["dropped_above_margin"] >= 1
     assert all(p["positive"] not in p["negatives"] for p in mined)
     json.dumps(stats)  # written to mining.json: plain Python numbers only
+    # A model with prompts embeds "query: q" and "code: doc1": only those have vectors here.
+    prompted = {("query: " if k == "q" or k.startswith("other") else "code: ") + k: v
+                for k, v in vectors.items()}
+    embedder = FakeEmbedder(prompted, {"query": "query: ", "document": "code: "})
+    assert dense_negatives(embedder, pairs, cfg)[0] == mined
 
 
 def test_mining_config_refuses_a_window_too_small():

@@ -183,3 +183,21 @@ def test_importing_jbert_does_not_import_mteb():
     code = ("import sys, jbert, jbert.evaluation.mteb_encoder, train.mteb; "
             "assert 'mteb' not in sys.modules, 'mteb imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_an_exports_own_prompts_apply_unless_others_are_given(tiny_export, tmp_path):
+    import shutil
+
+    from jbert.evaluation.mteb_encoder import mteb_encoder
+
+    prompted = tmp_path / "prompted"
+    shutil.copytree(tiny_export, prompted)
+    settings = json.loads((prompted / "config_sentence_transformers.json").read_text())
+    settings["prompts"] = {"query": "find: ", "document": "code: "}
+    (prompted / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    lengths = dict(max_query_length=8, max_doc_length=64)
+    assert not mteb_encoder(tiny_export, **lengths).model_prompts  # mteb keeps None
+    assert mteb_encoder(prompted, **lengths).model_prompts == {"query": "find: ",
+                                                               "document": "code: "}
+    assert mteb_encoder(prompted, prompts={"query": "search: "}, **lengths).model_prompts == {
+        "query": "search: ", "document": "code: "}

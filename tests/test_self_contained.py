@@ -210,3 +210,33 @@ assert "torch" not in sys.modules and "transformers" not in sys.modules, "jbert 
                             env={"JAX_PLATFORMS": "cpu", "PATH": ""}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "m" / "modeling_jbert.py").read_text().startswith('"""JinaBERT in PyTorch')
+
+
+@pytest.mark.slow  # sentence-transformers loading remote code
+def test_sentence_transformers_prompt_names_match_jbert(tmp_path, tokenizer):
+    from sentence_transformers import SentenceTransformer
+
+    config = preset("tiny-code", vocab_size=tokenizer.get_vocab_size())
+    params = functional.init_params(config, jax.random.key(7), "base")
+    prompts = {"query": "Represent this query for searching relevant code: ", "document": ""}
+    out = save_pretrained(tmp_path / "prompted", config, params, tokenizer, head="base",
+                          self_contained=True, prompts=prompts, matryoshka_dims=(16, 32))
+    settings = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert settings["prompts"] == {"query": prompts["query"]}  # empty prompts are left out
+    assert settings["default_prompt_name"] is None and settings["matryoshka_dims"] == [32, 16]
+    assert "truncate_dim" not in settings  # ST would truncate every encode by default
+    jbert_model = Embedder.from_pretrained(out, max_length=512)
+    assert jbert_model.prompts == {"query": prompts["query"]}
+    assert jbert_model.matryoshka_dims == (32, 16)
+    with _no_collection():
+        st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    assert st.prompts["query"] == prompts["query"]
+    want = jbert_model.encode(TEXTS, prompt_name="query")
+    got = st.encode(TEXTS, prompt_name="query", normalize_embeddings=True)
+    assert _max_diff(got, want) < TOL
+    assert _max_diff(want, jbert_model.encode(TEXTS)) > 100 * TOL  # the prompt mattered
+    with _no_collection():
+        truncated = SentenceTransformer(str(out), trust_remote_code=True, device="cpu",
+                                        truncate_dim=16)
+    got_16 = truncated.encode(TEXTS, prompt_name="query", normalize_embeddings=True)
+    assert _max_diff(got_16, jbert_model.encode(TEXTS, prompt_name="query", dim=16)) < TOL

@@ -12,13 +12,26 @@ layout CoIR and CodeSearchNet-style sets ship in). Every query is ranked against
 corpus of its set; per set and macro-averaged over the sets: nDCG@10 (as pytrec_eval computes
 it), MRR@10, recall@1/10/100 for `dense`, `bm25` (identifiers split), `rrf` (reciprocal-rank
 fusion) and `linear` (z-scored scores mixed with a weight chosen by 2-fold cross-validation
-over the queries). See docs/evaluation.md.
+over the queries). A model trained with prompts gets them (an export's
+config_sentence_transformers.json, a run's contrastive.query_prompt / doc_prompt); `--dims`
+reports dense and hybrid figures at smaller Matryoshka sizes too (default: the sizes the model
+was trained with), from one embedding pass. See docs/evaluation.md.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return dims
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sample at most N queries per set (seeded; the corpus stays whole)")
     parser.add_argument("--max_query_length", type=int, default=64)
     parser.add_argument("--max_doc_length", type=int, default=256)
+    parser.add_argument("--dims", type=_dims, default=None, metavar="D,D,...",
+                        help="Matryoshka sizes to report besides the full one, e.g. 256,128 "
+                             "(default: the model's own; '' for none)")
     parser.add_argument("--no-bm25", dest="bm25", action="store_false",
                         help="skip BM25 and the hybrids")
     parser.add_argument("--write-beir", metavar="DIR",
@@ -45,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
     from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
-    from jbert.evaluation.retrieval import evaluate_retrieval, load_encoder
+    from jbert.evaluation.embedder import Embedder
+    from jbert.evaluation.retrieval import evaluate_retrieval
     from jbert.training.cli import usage_errors
 
     with usage_errors():
@@ -59,15 +76,22 @@ def main(argv: list[str] | None = None) -> dict:
             sets = [load_beir(d, args.split) for d in args.beir]
             if args.max_queries:
                 sets = [sample_queries(rs, args.max_queries) for rs in sets]
-        encoder = load_encoder(args.model) if args.model is not None else None
+        embedder = (Embedder.from_pretrained(
+            args.model, max_length=max(args.max_query_length, args.max_doc_length))
+            if args.model is not None else None)
+        if embedder is not None and args.dims and max(args.dims) > embedder.config.hidden_size:
+            raise InputError(f"--dims {','.join(map(str, args.dims))}: sizes must be at most "
+                             f"the model's hidden_size {embedder.config.hidden_size}")
     if args.write_beir:
         for rs in sets:
             write_beir(rs, Path(args.write_beir) / rs.name, args.split)
     result = {"model": args.model, "data": args.pairs or args.beir, "split": args.split}
-    if encoder is not None or args.bm25:
-        result.update(evaluate_retrieval(encoder, sets, bm25=args.bm25,
+    if embedder is not None:
+        result["prompts"] = embedder.prompts
+    if embedder is not None or args.bm25:
+        result.update(evaluate_retrieval(embedder, sets, bm25=args.bm25,
                                          max_query_length=args.max_query_length,
-                                         max_doc_length=args.max_doc_length))
+                                         max_doc_length=args.max_doc_length, dims=args.dims))
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

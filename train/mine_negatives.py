@@ -68,13 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
             pairs = [pairs[i] for i in keep]
         if args.model:
             from jbert.evaluation.embedder import Embedder
-            from jbert.evaluation.retrieval import load_encoder
 
-            config, params, tokenizer = load_encoder(args.model)
+            embedder = Embedder.from_pretrained(
+                args.model, max_length=max(cfg.max_query_length, cfg.max_doc_length))
     started = time.perf_counter()
     if args.model:
-        embedder = Embedder(config, params, tokenizer,
-                            max_length=max(cfg.max_query_length, cfg.max_doc_length))
         mined, stats = dense_negatives(embedder, pairs, cfg)
     else:
         mined, stats = bm25_negatives(pairs, cfg.negatives), {"pairs": len(pairs)}

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'mean':40s} nDCG@10 {np.mean([s['ndcg@10'] for s in scores.values()]):.4f}")
     report = {"model": args.model, "name": encoder.mteb_model_meta.name,
               "max_query_length": args.max_query_length, "max_doc_length": args.max_doc_length,
-              "prompts": prompts, "scores": scores}
+              "prompts": dict(encoder.model_prompts or {}), "scores": scores}
     Path(args.out, "jbert_mteb.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 

@@ -47,17 +47,20 @@ def similarity_split(scores_QN: np.ndarray, rs: RetrievalSet, max_negatives: int
     return scores_QN[is_rel_QN], negatives, hardest_Q
 
 
-def retrieval_report(config: Any, params: Any, tokenizer: Any, pairs: Sequence[dict], *,
+def retrieval_report(embedder: Any, pairs: Sequence[dict], *,
                      max_queries: int | None = None, max_query_length: int = 64,
                      max_doc_length: int = 256, bm25: bool = True,
                      model_name: str = "model") -> RetrievalReport:
     """Scores the held-out pairs (one set per language, `beir.pairs_to_sets`) with the
-    encoder, BM25 and their fusion, and gathers what the plots show; `metrics` are macro
-    averages over the languages."""
+    encoder (an `Embedder`, e.g. `Embedder.from_pretrained(path)`, whose "query" and
+    "document" prompts apply), BM25 and their fusion, and gathers what the plots show;
+    `metrics` are macro averages over the languages."""
     sets = pairs_to_sets(pairs, max_queries)
-    evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
-                             max_doc_length=max_doc_length, bm25=bm25)
-    dense = evaluator.dense_scores(params)
+    evaluator = SetEvaluator(embedder.config, embedder.tokenizer, sets,
+                             max_query_length=max_query_length, max_doc_length=max_doc_length,
+                             bm25=bm25, query_prompt=embedder.prompts.get("query", ""),
+                             doc_prompt=embedder.prompts.get("document", ""))
+    dense = evaluator.dense_scores(embedder.params)
     names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
              "linear": "hybrid (linear)"}
     result = evaluator.results(dense)

@@ -5,7 +5,8 @@
     qrels/<split>.tsv "query-id<TAB>corpus-id<TAB>score" with a header line
 
 A query may have several relevant documents (score > 0). Our held-out docstring/code pairs
-become one set per language (`pairs_to_sets`), so one evaluator serves both.
+become one set per language (`pairs_to_sets`), so one evaluator serves both. `load_named_sets`
+reads the user's own sets (`contrastive.eval_sets`), either layout.
 """
 
 from __future__ import annotations
@@ -124,6 +125,43 @@ def pairs_to_sets(pairs: Sequence[dict], max_queries: int | None = None, seed: i
                           list(query_index.values()), list(query_index), dict(qrels))
         sets.append(sample_queries(rs, max_queries, seed))
     return sets
+
+
+def load_named_sets(spec: str, max_queries: int | None = None, seed: int = 0,
+                    key: str = "contrastive.eval_sets") -> dict[str, list[RetrievalSet]]:
+    """`"name=path,name=path"` -> {name: its retrieval sets}: a BEIR-layout directory is one
+    set (named `name`), pairs (a jsonl file, or a directory with `test.jsonl`) are their test
+    split as one set per language (`pairs_to_sets`). Bad entries raise `InputError` naming
+    `key` and the entry."""
+    from jbert.data.pair_batches import read_pair_file
+
+    out: dict[str, list[RetrievalSet]] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        name, _, path_text = (x.strip() for x in entry.partition("="))
+        if not name or not path_text or "/" in name:
+            raise InputError(f"{key}: {entry!r} is not name=path")
+        if name in out:
+            raise InputError(f"{key}: {entry!r}: the name {name!r} is given twice")
+        path = Path(path_text).expanduser()
+        if not path.exists():
+            raise InputError(f"{key}: {entry!r}: {path} does not exist")
+        beir_files = ("corpus.jsonl", "queries.jsonl", "qrels")
+        try:
+            if path.is_dir() and any((path / f).exists() for f in beir_files):
+                sets = [sample_queries(load_beir(path, "test", name=name), max_queries, seed)]
+            elif path.is_file() or (path / "test.jsonl").is_file():
+                pairs = read_pair_file(path if path.is_file() else path / "test.jsonl")
+                if not pairs:
+                    raise InputError(f"{path}: no pairs")
+                sets = pairs_to_sets(pairs, max_queries, seed)
+            else:
+                raise InputError(f"{path} is neither a BEIR-layout directory (corpus.jsonl, "
+                                 "queries.jsonl, qrels/test.tsv) nor pairs (a jsonl file or a "
+                                 "directory with test.jsonl)")
+        except (InputError, FileNotFoundError, UnicodeDecodeError) as e:
+            raise InputError(f"{key}: {entry!r}: {e}") from e
+        out[name] = sets
+    return out
 
 
 def sample_queries(rs: RetrievalSet, max_queries: int | None, seed: int = 0) -> RetrievalSet:

@@ -12,13 +12,19 @@ rows left over go in calls of power-of-two row counts, so no call carries an emp
 `pack=False` is the plain path, kept as the baseline: texts sorted by length, one per row,
 `batch_size` rows per call padded to the next power of two (up to half the positions wasted).
 The L2-normalised mean-pooled embeddings come back in input order either way.
+
+`prompt_name` / `prompt` prefix every text before tokenisation, as sentence-transformers'
+`encode(..., prompt_name=...)` does (an export carries the prompts it was trained with in
+`config_sentence_transformers.json`); `dim=N` keeps the first N dimensions of each embedding and
+normalises again (Matryoshka sizes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -86,17 +92,42 @@ def plan_calls(lengths: Sequence[int], max_length: int, batch_size: int,
     return calls
 
 
+def truncate(emb_ND: np.ndarray, dim: int, normalize: bool = True) -> np.ndarray:
+    """The first `dim` dimensions of each embedding, L2-normalised again with `normalize`."""
+    width = emb_ND.shape[-1]
+    if not 1 <= dim <= width:
+        raise ValueError(f"dim={dim} must be in [1, {width}] (the embedding width)")
+    out_Nd = emb_ND[..., :dim]
+    if normalize:
+        norm_N1 = np.linalg.norm(out_Nd, axis=-1, keepdims=True)
+        out_Nd = out_Nd / np.maximum(norm_N1, 1e-12)  # a zero vector stays zero, as in `embed`
+    return out_Nd.astype(np.float32, copy=False)
+
+
 def padding_fraction(calls: Sequence[EncoderCall], lengths: Sequence[int]) -> float:
     """Share of the positions the calls compute that hold no text token."""
     computed = sum(c.num_rows * c.length for c in calls)
     return 1.0 - sum(lengths) / computed if computed else 0.0
 
 
+@functools.cache
+def _compiled_embed(config: JinaBertConfig):
+    """One jitted `embed` per model config, shared by its embedders (an evaluation over several
+    sets compiles each shape once)."""
+    return jax.jit(functools.partial(functional.embed, config),
+                   static_argnames=("num_segments", "normalize"))
+
+
 class Embedder:
-    """`encode(texts)` for a base model's params and its tokenizer."""
+    """`encode(texts)` for a base model's params and its tokenizer. `prompts` maps prompt names
+    ("query", "document") to the prefixes `encode(..., prompt_name=...)` puts before texts;
+    `matryoshka_dims` lists the smaller sizes the model was trained to embed in (for reports:
+    `encode(..., dim=N)` takes any N)."""
 
     def __init__(self, config: JinaBertConfig, params: functional.Params | None,
-                 tokenizer: tokenizers.Tokenizer, *, max_length: int = 8192):
+                 tokenizer: tokenizers.Tokenizer, *, max_length: int = 8192,
+                 prompts: Mapping[str, str] | None = None,
+                 matryoshka_dims: Sequence[int] = ()):
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length={max_length} exceeds the model's "
                              f"max_position_embeddings={config.max_position_embeddings}")
@@ -108,9 +139,37 @@ class Embedder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.max_length = max_length
+        self.prompts = dict(prompts or {})
+        self.matryoshka_dims = tuple(matryoshka_dims)
         self.last_padding_fraction = 0.0  # of the last `encode`'s calls, for benchmarks and tests
-        self._embed = jax.jit(functools.partial(functional.embed, config),
-                              static_argnames=("num_segments", "normalize"))
+        self._embed = _compiled_embed(config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, max_length: int | None = None
+                        ) -> Embedder:
+        """The embedder of an HF export dir (prompts and Matryoshka sizes from its
+        `config_sentence_transformers.json`) or a jbert run dir (its latest checkpoint; prompts
+        and sizes from its `contrastive` config). `max_length` defaults to the model's
+        `max_position_embeddings`."""
+        from jbert.evaluation.retrieval import load_encoder, load_inference_settings
+
+        config, params, tokenizer = load_encoder(path)
+        prompts, dims = load_inference_settings(path)
+        return cls(config, params, tokenizer,
+                   max_length=max_length or config.max_position_embeddings, prompts=prompts,
+                   matryoshka_dims=dims)
+
+    def prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+        """The prefix `encode` puts before texts: `prompt` itself, or the prompt named
+        `prompt_name`; "" with neither."""
+        if prompt_name is not None and prompt is not None:
+            raise ValueError("give prompt_name or prompt, not both")
+        if prompt_name is None:
+            return prompt or ""
+        if prompt_name not in self.prompts:
+            raise ValueError(f"unknown prompt_name {prompt_name!r}; this model's prompts: "
+                             f"{sorted(self.prompts) or 'none'}")
+        return self.prompts[prompt_name]
 
     def set_params(self, params: functional.Params) -> None:
         """Embed with other weights of the same model (same shapes: nothing recompiles)."""
@@ -120,13 +179,22 @@ class Embedder:
         return encode_with_specials(self.tokenizer, texts, max_length)
 
     def encode(self, texts: Sequence[str] | str, *, max_length: int | None = None,
-               batch_size: int = 32, normalize: bool = True, pack: bool = True) -> np.ndarray:
+               batch_size: int = 32, normalize: bool = True, pack: bool = True,
+               prompt_name: str | None = None, prompt: str | None = None,
+               dim: int | None = None) -> np.ndarray:
         """Embeddings [N, D] (float32) of `texts`, in input order; a single string gives [D].
 
         `batch_size` is texts per call unpacked, rows of `PACK_LENGTH` tokens per call packed.
+        `prompt_name` (a key of `prompts`) or `prompt` is prefixed to every text (its tokens
+        count towards `max_length` and the mean, as in sentence-transformers); `dim` keeps the
+        first `dim` dimensions, normalised again when `normalize`.
         """
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        prefix = self.prompt(prompt_name, prompt)
+        texts = [prefix + t for t in ([texts] if single else texts)]
+        if dim is not None and not 1 <= dim <= self.config.hidden_size:
+            raise ValueError(f"dim={dim} must be in [1, {self.config.hidden_size}] (the "
+                             "model's hidden_size)")
         max_length = self.max_length if max_length is None else max_length
         if not 2 <= max_length <= self.max_length:
             raise ValueError(f"max_length={max_length} must be in [2, {self.max_length}]")
@@ -134,6 +202,8 @@ class Embedder:
             raise ValueError(f"batch_size={batch_size} must be positive")
         out_ND = self.encode_tokens(self.tokenize(texts, max_length), max_length=max_length,
                                     batch_size=batch_size, normalize=normalize, pack=pack)
+        if dim is not None:
+            out_ND = truncate(out_ND, dim, normalize)
         return out_ND[0] if single else out_ND
 
     def encode_tokens(self, ids: Sequence[Sequence[int]], *, max_length: int | None = None,

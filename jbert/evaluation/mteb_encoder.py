@@ -116,18 +116,16 @@ def mteb_encoder(path: str | Path, *, name: str | None = None,
                  prompts: Mapping[str, str] | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
     """An mteb encoder for the model at `path` (HF export dir or jbert run dir); named
-    "jbert/<dir name>" (a run's `export` dir: "jbert/<run>-export") unless `name` is given."""
-    from jbert.evaluation.retrieval import load_encoder
-
-    config, params, tokenizer = load_encoder(path)
-    embedder = Embedder(config, params, tokenizer,
-                        max_length=max(max_query_length, max_doc_length))
+    "jbert/<dir name>" (a run's `export` dir: "jbert/<run>-export") unless `name` is given.
+    The model's own "query" / "document" prompts (`Embedder.from_pretrained`) apply unless
+    `prompts` gives others for the same keys."""
+    embedder = Embedder.from_pretrained(path, max_length=max(max_query_length, max_doc_length))
     path = Path(path).resolve()
     default = f"{path.parent.name}-{path.name}" if path.name == "export" else path.name
     return encoder_from_embedder(
         embedder, name=name or f"jbert/{default}",
-        max_query_length=max_query_length, max_doc_length=max_doc_length, prompts=prompts,
-        batch_size=batch_size)
+        max_query_length=max_query_length, max_doc_length=max_doc_length,
+        prompts={**embedder.prompts, **(prompts or {})}, batch_size=batch_size)
 
 
 # -- local BEIR-layout tasks -----------------------------------------------------------------

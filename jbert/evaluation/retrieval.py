@@ -2,6 +2,9 @@
 dir, or our held-out pairs as one set per language): every query against the set's whole corpus,
 scored by an embedding model, by BM25 with identifiers split, and by their fusion.
 
+The dense scores can also be reported at smaller Matryoshka sizes (`dims`): the embeddings are
+computed once and each size keeps their first d dimensions, normalised again.
+
 Metrics are those BEIR and CoIR report through pytrec_eval, computed the same way (tests check
 against pytrec_eval): nDCG@10 with graded relevance (the headline), MRR@10, recall@1/10/100 over
 the top 100 documents, equal scores ordered by document id as trec_eval orders them. Sets are
@@ -84,6 +87,21 @@ def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
     config, params, _, _ = load_run_params(path)
     return config, functional.encoder_params(params), load_tokenizer(
         Path(run_config(path).data.dir) / "tokenizer")
+
+
+def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int, ...]]:
+    """(prompts by name, Matryoshka sizes) a model was trained with: an HF export's
+    `config_sentence_transformers.json` (`prompts`, `matryoshka_dims`; none when the file is
+    absent), a jbert run's `contrastive.query_prompt` / `doc_prompt` / `matryoshka_dims`."""
+    from jbert.hf.load import load_sentence_transformers_settings
+    from jbert.training.export import is_hf_export, run_config
+
+    path = Path(path)
+    if is_hf_export(path):
+        return load_sentence_transformers_settings(path)
+    c = run_config(path).contrastive
+    prompts = {k: v for k, v in (("query", c.query_prompt), ("document", c.doc_prompt)) if v}
+    return prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them
 
 
 # -- graded-relevance evaluation of retrieval sets (BEIR layout, our pairs per language) -----
@@ -199,12 +217,15 @@ def macro_average(per_set: dict[str, dict[str, dict[str, float]]]) -> dict[str, 
 
 class SetEvaluator:
     """Dense, BM25 and hybrid retrieval on fixed sets for params that change (the trainer's
-    evaluation, `train.evaluate`): texts tokenised once, one `Embedder` (compiled once per
-    shape), BM25 scored once."""
+    evaluation, `train.evaluate`): texts tokenised once (queries after `query_prompt`,
+    documents after `doc_prompt`), one `Embedder` (compiled once per shape), BM25 scored once
+    (on the texts without prompts). `dims`: Matryoshka sizes reported besides the full one
+    (`hidden_size` itself among them changes nothing)."""
 
     def __init__(self, config: Any, tokenizer: Any, sets: Sequence[Any], *,
                  max_query_length: int = 64, max_doc_length: int = 256, bm25: bool = True,
-                 batch_size: int = 64):
+                 batch_size: int = 64, query_prompt: str = "", doc_prompt: str = "",
+                 dims: Sequence[int] = ()):
         from jbert.evaluation.embedder import Embedder
 
         self.sets = list(sets)
@@ -212,30 +233,57 @@ class SetEvaluator:
         self.batch_size = batch_size
         self.embedder = (Embedder(config, None, tokenizer, max_length=max(self.lengths))
                          if config is not None else None)  # None: BM25 only
-        self.tokens = ([(self.embedder.tokenize(rs.queries, max_query_length),
-                         self.embedder.tokenize(rs.docs, max_doc_length)) for rs in self.sets]
+        width = config.hidden_size if config is not None else None
+        bad = [d for d in dims if width is not None and not 1 <= d <= width]
+        if bad:
+            raise ValueError(f"Matryoshka sizes {bad} must be in [1, {width}] (hidden_size)")
+        # The full size is always reported, under the keys without a size.
+        self.dims = tuple(sorted({d for d in dims if d != width}, reverse=True))
+        self.tokens = ([(self.embedder.tokenize([query_prompt + q for q in rs.queries],
+                                                max_query_length),
+                         self.embedder.tokenize([doc_prompt + d for d in rs.docs],
+                                                max_doc_length)) for rs in self.sets]
                        if self.embedder else None)
         self.bm25 = ([BM25Index(rs.docs).scores(rs.queries) for rs in self.sets]
                      if bm25 else [None] * len(self.sets))
 
-    def dense_scores(self, params: Any) -> list[np.ndarray]:
+    def embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(queries [Q, D], documents [N, D]) per set, L2-normalised."""
         self.embedder.set_params(params)
-        out = []
-        for q_ids, d_ids in self.tokens:
-            q_QD = self.embedder.encode_tokens(q_ids, max_length=self.lengths[0],
-                                               batch_size=self.batch_size)
-            d_ND = self.embedder.encode_tokens(d_ids, max_length=self.lengths[1],
-                                               batch_size=self.batch_size)
-            out.append(q_QD @ d_ND.T)
-        return out
+        return [(self.embedder.encode_tokens(q_ids, max_length=self.lengths[0],
+                                             batch_size=self.batch_size),
+                 self.embedder.encode_tokens(d_ids, max_length=self.lengths[1],
+                                             batch_size=self.batch_size))
+                for q_ids, d_ids in self.tokens]
+
+    def dense_scores(self, params: Any) -> list[np.ndarray]:
+        return [q_QD @ d_ND.T for q_QD, d_ND in self.embeddings(params)]
 
     def __call__(self, params: Any = None, linear: bool = True) -> dict:
-        """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}}."""
-        return self.results(self.dense_scores(params) if params is not None else None, linear)
+        """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}},
+        and with `dims` "dims": {d: {"sets", "macro"}} (dense and hybrids at size d), all from
+        one embedding pass."""
+        if params is None:
+            return self.results(None, linear)
+        from jbert.evaluation.embedder import truncate
+
+        embeddings = self.embeddings(params)
+        out = self.results([q_QD @ d_ND.T for q_QD, d_ND in embeddings], linear)
+        if self.dims:
+            out["dims"] = {}
+            for d in self.dims:
+                at_d = self.results([truncate(q_QD, d) @ truncate(d_ND, d).T
+                                     for q_QD, d_ND in embeddings], linear)
+                # BM25 does not depend on the size: it stays in the full-size figures alone.
+                out["dims"][d] = {
+                    "sets": {name: {s: m for s, m in r.items() if s != "bm25"}
+                             for name, r in at_d["sets"].items()},
+                    "macro": {s: m for s, m in at_d["macro"].items() if s != "bm25"}}
+        return out
 
     def results(self, dense: Sequence[np.ndarray] | None, linear: bool = True) -> dict:
-        """What `__call__` returns, from dense scores already computed (`dense_scores`; None:
-        BM25 alone)."""
+        """What `__call__` returns for the full size, from dense scores already computed
+        (`dense_scores`; None: BM25 alone)."""
         dense = [None] * len(self.sets) if dense is None else dense
         per_set = {rs.name: evaluate_set(rs, d, b, linear=linear)
                    for rs, d, b in zip(self.sets, dense, self.bm25, strict=True)}
@@ -244,31 +292,59 @@ class SetEvaluator:
                           for rs in self.sets}}
 
 
+def named_evaluators(spec: str, config: Any, tokenizer: Any, *, max_queries: int | None = None,
+                     seed: int = 0, reserved: Sequence[str] = (), **evaluator_kwargs: Any
+                     ) -> dict[str, SetEvaluator]:
+    """`contrastive.eval_sets` ("name=path,...", see `beir.load_named_sets`) as one
+    `SetEvaluator` per name, each built with `evaluator_kwargs`. A name in `reserved` (log key
+    prefixes already taken, such as the held-out languages) is refused."""
+    from jbert.errors import InputError
+    from jbert.evaluation.beir import load_named_sets
+
+    named = load_named_sets(spec, max_queries, seed)
+    taken = [n for n in named if n in reserved or re.fullmatch(r"dim\d+", n)]
+    if taken:
+        raise InputError(f"contrastive.eval_sets: the name(s) {taken} would mix their log keys "
+                         f"with other figures (taken: {sorted(reserved)} and dim<N>); rename")
+    return {name: SetEvaluator(config, tokenizer, sets, **evaluator_kwargs)
+            for name, sets in named.items()}
+
+
 # The names the trainer logs: `retrieval_*` is the dense model's macro average over the sets.
 LOGGED_SYSTEMS = {"dense": "retrieval", "bm25": "bm25", "rrf": "rrf", "linear": "linear"}
 
 
-def logged_metrics(result: dict) -> dict[str, float]:
+def logged_metrics(result: dict, prefix: str = "", per_set: bool = True) -> dict[str, float]:
     """A `SetEvaluator` result as flat log keys: `retrieval_ndcg@10` (macro), `bm25_ndcg@10`,
-    `rrf_ndcg@10`, and per set `python/retrieval_ndcg@10` and so on."""
+    `rrf_ndcg@10`, per set (with `per_set`) `python/retrieval_ndcg@10` and so on, and per
+    Matryoshka size `dim128/retrieval_ndcg@10`, `dim128/python/retrieval_ndcg@10` (dense and
+    hybrids; BM25 has no size). Every key starts with `prefix` (e.g. "mycorpus/")."""
     out = {}
     for system, name in LOGGED_SYSTEMS.items():
         for m, v in result["macro"].get(system, {}).items():
-            out[f"{name}_{m}"] = v
-        for set_name, per_system in result["sets"].items():
+            out[f"{prefix}{name}_{m}"] = v
+        for set_name, per_system in result["sets"].items() if per_set else ():
             for m, v in per_system.get(system, {}).items():
                 if m in ("ndcg@10", "mrr@10"):
-                    out[f"{set_name}/{name}_{m}"] = v
+                    out[f"{prefix}{set_name}/{name}_{m}"] = v
+    for d, at_d in result.get("dims", {}).items():
+        out.update(logged_metrics(at_d, f"{prefix}dim{d}/", per_set))
     return out
 
 
-def evaluate_retrieval(encoder: tuple[Any, Any, Any] | None, sets: Sequence[Any], *,
-                       bm25: bool = True, max_query_length: int = 64, max_doc_length: int = 256,
-                       linear: bool = True) -> dict:
-    """Dense (`encoder`: `(config, params, tokenizer)` as `load_encoder` gives them; None for
-    BM25 alone), BM25 and hybrid figures on retrieval sets: `{"sets", "macro", "sizes"}` as
-    `SetEvaluator` gives them."""
-    config, params, tokenizer = encoder if encoder is not None else (None, None, None)
-    evaluator = SetEvaluator(config, tokenizer, sets, max_query_length=max_query_length,
-                             max_doc_length=max_doc_length, bm25=bm25)
-    return evaluator(params, linear=linear)
+def evaluate_retrieval(embedder: Any, sets: Sequence[Any], *, bm25: bool = True,
+                       max_query_length: int = 64, max_doc_length: int = 256,
+                       linear: bool = True, dims: Sequence[int] | None = None) -> dict:
+    """Dense (`embedder`: an `Embedder`, e.g. `Embedder.from_pretrained(path)`, whose "query"
+    and "document" prompts are applied; None for BM25 alone), BM25 and hybrid figures on
+    retrieval sets: `{"sets", "macro", "sizes"}` and `"dims"` as `SetEvaluator` gives them.
+    `dims` defaults to the embedder's `matryoshka_dims`."""
+    if embedder is None:
+        return SetEvaluator(None, None, sets, bm25=bm25)(None, linear=linear)
+    evaluator = SetEvaluator(
+        embedder.config, embedder.tokenizer, sets, max_query_length=max_query_length,
+        max_doc_length=max_doc_length, bm25=bm25,
+        query_prompt=embedder.prompts.get("query", ""),
+        doc_prompt=embedder.prompts.get("document", ""),
+        dims=embedder.matryoshka_dims if dims is None else dims)
+    return evaluator(embedder.params, linear=linear)

@@ -229,3 +229,24 @@ def _load_params(config: JinaBertConfig, head: str, tensors: _Tensors,
         array = array.T if is_transposed(path) else array
         leaves[path] = jnp.asarray(np.ascontiguousarray(array), dtype=dtype)
     return stack_layers(leaves)
+
+
+def load_sentence_transformers_settings(path: str | os.PathLike
+                                        ) -> tuple[dict[str, str], tuple[int, ...]]:
+    """(prompts by name, Matryoshka sizes) of a local export's
+    `config_sentence_transformers.json` (`prompts`, `matryoshka_dims`, as `save_pretrained`
+    writes them); none of either without the file."""
+    file = Path(path) / "config_sentence_transformers.json"
+    if not file.is_file():
+        return {}, ()
+    try:
+        settings = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not JSON ({e})") from e
+    prompts = settings.get("prompts") or {}
+    dims = settings.get("matryoshka_dims") or ()
+    if not (isinstance(prompts, dict) and all(isinstance(v, str) for v in prompts.values())):
+        raise CheckpointError(f"{file}: 'prompts' must map names to strings")
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise CheckpointError(f"{file}: 'matryoshka_dims' must list positive integers")
+    return dict(prompts), tuple(dims)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,15 @@ def hf_config_dict(config: JinaBertConfig, head: str = "base", *,
     return dict(sorted(hf.items()))
 
 
-def _sentence_transformers_files(config: JinaBertConfig) -> dict[str, Any]:
+def _sentence_transformers_files(config: JinaBertConfig, prompts: Mapping[str, str],
+                                 matryoshka_dims: Sequence[int]) -> dict[str, Any]:
+    # sentence-transformers reads `prompts` (for `encode(..., prompt_name=)`) and ignores the
+    # unknown `matryoshka_dims`, which records the sizes for readers and for jbert's loader.
+    # `truncate_dim` is not set: it would make every `encode` truncate by default.
+    settings = {"prompts": {k: v for k, v in prompts.items() if v}, "default_prompt_name": None,
+                "similarity_fn_name": "cosine"}
+    if matryoshka_dims:
+        settings["matryoshka_dims"] = sorted({int(d) for d in matryoshka_dims}, reverse=True)
     return {
         "modules.json": [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -143,8 +152,7 @@ def _sentence_transformers_files(config: JinaBertConfig) -> dict[str, Any]:
             "pooling_mode_lasttoken": False,
             "include_prompt": True,
         },
-        "config_sentence_transformers.json": {"prompts": {}, "default_prompt_name": None,
-                                              "similarity_fn_name": "cosine"},
+        "config_sentence_transformers.json": settings,
     }
 
 
@@ -185,7 +193,9 @@ or in JAX: `config, params = jbert.load_pretrained("path/or/repo")`.
 
 def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Params,
                     tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
-                    base_model: str | None = None, self_contained: bool = False) -> Path:
+                    base_model: str | None = None, self_contained: bool = False,
+                    prompts: Mapping[str, str] | None = None,
+                    matryoshka_dims: Sequence[int] = ()) -> Path:
     """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
 
     `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
@@ -198,7 +208,16 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
     do (it imports under transformers 4.x only). `self_contained=True` writes jbert's own
     modeling code into the directory instead (`modeling_jbert.py`, `configuration_jbert.py`),
     which loads offline with transformers 4.x and 5.x; docs/export.md has the details.
+
+    `prompts` ({"query": ..., "document": ...}: the prefixes the model was trained with; empty
+    ones are left out) and `matryoshka_dims` (the smaller sizes it was trained to embed in) go
+    into `config_sentence_transformers.json` of a base-model export, where
+    `SentenceTransformer.encode(x, prompt_name="query")` and `jbert.Embedder.from_pretrained`
+    find them.
     """
+    bad = [d for d in matryoshka_dims if not 1 <= d <= config.hidden_size]
+    if bad:
+        raise ValueError(f"matryoshka_dims {bad} must be in [1, {config.hidden_size}]")
     out = Path(path).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
@@ -223,7 +242,7 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
             hf_config["emb_pooler"] = None
         files: dict[str, Any] = {"config.json": hf_config}
         if head == "base":
-            files.update(_sentence_transformers_files(config))
+            files.update(_sentence_transformers_files(config, prompts or {}, matryoshka_dims))
         for name, content in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")

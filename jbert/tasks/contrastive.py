@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jbert.data.packing import best_fit, pack_fixed, texts_per_row
+from jbert.errors import ConfigError
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig
 from jbert.model.heads import l2_normalize
@@ -123,7 +124,7 @@ def loss_sizes(cfg: ContrastiveConfig, width: int) -> tuple[tuple[int, float], .
         return ((width, 1.0),)
     too_wide = [d for d in cfg.matryoshka_dims if d > width]
     if too_wide:
-        raise ValueError(f"contrastive.matryoshka_dims={cfg.matryoshka_dims}: {too_wide} wider "
+        raise ConfigError(f"contrastive.matryoshka_dims={cfg.matryoshka_dims}: {too_wide} wider "
                          f"than the model's hidden_size={width}")
     weights = cfg.matryoshka_weights or (1.0,) * len(cfg.matryoshka_dims)
     return tuple(zip(cfg.matryoshka_dims, weights, strict=True))
@@ -430,16 +431,30 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
     from jbert.data.tokenizer import load_tokenizer
     from jbert.evaluation.beir import pairs_to_sets
-    from jbert.evaluation.retrieval import SetEvaluator, logged_metrics
+    from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
     from jbert.training.flops import encoder_flops_per_token
     from jbert.training.trainer import Task
 
     c = cfg.contrastive
     if c.chunk_size and cfg.data.batch_size % c.chunk_size:
-        raise ValueError(f"contrastive.chunk_size={c.chunk_size} does not divide "
+        raise ConfigError(f"contrastive.chunk_size={c.chunk_size} does not divide "
                          f"data.batch_size={cfg.data.batch_size}")
+    loss_sizes(c, cfg.model.hidden_size)  # Matryoshka sizes the model has
     root = Path(cfg.data.dir)
     tokenizer = load_tokenizer(root / "tokenizer")
+    # Evaluation first: a bad `eval_sets` entry stops the run before mining writes its cache.
+    held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
+    sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
+    # Tokenised (after the run's prompts) and compiled once; sizes reported per Matryoshka dim.
+    eval_kwargs = dict(max_query_length=c.max_query_length, max_doc_length=c.max_doc_length,
+                       query_prompt=c.query_prompt, doc_prompt=c.doc_prompt,
+                       dims=c.matryoshka_dims)
+    evaluator = SetEvaluator(cfg.model, tokenizer, sets, **eval_kwargs)
+    bm25 = evaluator()  # BM25 alone: the reference line, the same at every eval
+    # The user's own sets (`contrastive.eval_sets`), each logged under its name.
+    named = named_evaluators(c.eval_sets, cfg.model, tokenizer, max_queries=c.eval_max_pairs,
+                             seed=cfg.data.seed, reserved=[rs.name for rs in sets],
+                             **eval_kwargs)
     sources = load_sources(cfg, root)
 
     chunks = cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
@@ -463,16 +478,11 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         return TokenizedPairs(batcher, tokenizer, c, pack_rows=pack_rows,
                               process_index=process_index, process_count=process_count)
 
-    held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
-    sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
-    evaluator = SetEvaluator(cfg.model, tokenizer, sets, max_query_length=c.max_query_length,
-                             max_doc_length=c.max_doc_length)  # tokenised and compiled once
-    bm25 = evaluator()  # BM25 alone: the reference line, the same at every eval
-
     def evaluate(params) -> dict[str, float]:
-        if not sets:
-            return {}
-        return logged_metrics(evaluator(params, linear=False))
+        out = logged_metrics(evaluator(params, linear=False)) if sets else {}
+        for name, ev in named.items():  # one set (a BEIR dir): its macro keys say it all
+            out.update(logged_metrics(ev(params, linear=False), f"{name}/", len(ev.sets) > 1))
+        return out
 
     mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
         2 + c.hard_negatives)
@@ -484,6 +494,10 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         flops_per_token=recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
              "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
+    for name, ev in named.items():
+        alone = ev()  # BM25 on the named set
+        facts[f"{name}/eval_sets"] = alone["sizes"]
+        facts.update(logged_metrics(alone, f"{name}/", len(ev.sets) > 1))
     if pack_rows is not None:
         facts["pack_rows"] = pack_rows  # per process, for `data.batch_size` pairs
     return task, facts

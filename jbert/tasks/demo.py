@@ -26,7 +26,8 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
         contrastive_steps: int | None = None) -> dict:
     from jbert.data.pair_batches import load_pairs
     from jbert.evaluation.beir import pairs_to_sets
-    from jbert.evaluation.retrieval import evaluate_retrieval, load_encoder
+    from jbert.evaluation.embedder import Embedder
+    from jbert.evaluation.retrieval import evaluate_retrieval
     from jbert.ops.sharding import make_mesh
     from jbert.tasks.contrastive import contrastive_task
     from jbert.tasks.mlm import mlm_task
@@ -60,9 +61,9 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
     sets = pairs_to_sets(load_pairs(Path(mlm.data.dir) / "pairs", "test"))
     lengths = dict(max_query_length=tune.contrastive.max_query_length,
                    max_doc_length=tune.contrastive.max_doc_length)
-    untuned = evaluate_retrieval(load_encoder(mlm.workdir), sets, bm25=False,
+    untuned = evaluate_retrieval(Embedder.from_pretrained(mlm.workdir), sets, bm25=False,
                                  **lengths)["macro"]
-    tuned = evaluate_retrieval(load_encoder(export_dir), sets, **lengths)["macro"]
+    tuned = evaluate_retrieval(Embedder.from_pretrained(export_dir), sets, **lengths)["macro"]
     headline = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
     result = {
         "data_dir": mlm.data.dir, "pretrain_dir": mlm.workdir, "contrastive_dir": tune.workdir,

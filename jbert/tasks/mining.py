@@ -48,14 +48,17 @@ class MiningConfig:
 
 def dense_negatives(embedder: Any, pairs: Sequence[dict], cfg: MiningConfig,
                     chunk: int = 512) -> tuple[list[dict], dict[str, float]]:
-    """Pairs with `negatives` mined by `embedder` (a `jbert.evaluation.embedder.Embedder`) over the
-    positives of all `pairs`, and statistics of the mining."""
+    """Pairs with `negatives` mined by `embedder` (a `jbert.evaluation.embedder.Embedder`, its
+    "query" / "document" prompts applied) over the positives of all `pairs`, and statistics of
+    the mining."""
     docs = list(dict.fromkeys(p["positive"] for p in pairs))
     doc_index = {d: i for i, d in enumerate(docs)}
     doc_hash_N = [code_hash(d) for d in docs]
-    d_ND = embedder.encode(docs, max_length=cfg.max_doc_length, batch_size=cfg.batch_size)
+    # The model's own prompts (none for most): it ranks as it was trained to.
+    d_ND = embedder.encode(docs, max_length=cfg.max_doc_length, batch_size=cfg.batch_size,
+                           prompt=embedder.prompts.get("document", ""))
     q_QD = embedder.encode([p["query"] for p in pairs], max_length=cfg.max_query_length,
-                           batch_size=cfg.batch_size)
+                           batch_size=cfg.batch_size, prompt=embedder.prompts.get("query", ""))
     rng = np.random.default_rng(cfg.seed)
     lo, hi = cfg.rank_window
     hi = min(hi, len(docs))

@@ -37,8 +37,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
                self_contained: bool = False) -> Path:
     """Writes the run's weights in the released layout; the tokenizer defaults to the one in
     the run's data directory. `head="base"` exports only the encoder (an embedding model);
-    `self_contained` ships jbert's own modeling code with it (see `save_pretrained`)."""
+    `self_contained` ships jbert's own modeling code with it (see `save_pretrained`). The run's
+    `contrastive.query_prompt` / `doc_prompt` become the export's "query" / "document" prompts
+    and its `contrastive.matryoshka_dims` are recorded beside them."""
     config, params, trained_head, _ = load_run_params(run_dir, step)
+    contrastive = run_config(run_dir).contrastive
     if tokenizer is None:
         candidate = Path(run_config(run_dir).data.dir) / "tokenizer"
         tokenizer = candidate if candidate.is_dir() else None
@@ -46,4 +49,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
         params = functional.transplant_encoder(params, config, "base")
     return save_pretrained(out, config, params, tokenizer=tokenizer,
                            head=head or trained_head, overwrite=overwrite,
-                           self_contained=self_contained)
+                           self_contained=self_contained,
+                           prompts={"query": contrastive.query_prompt,
+                                    "document": contrastive.doc_prompt},
+                           matryoshka_dims=contrastive.matryoshka_dims)
