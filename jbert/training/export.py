@@ -10,6 +10,7 @@ from jbert.hf.save import save_pretrained
 from jbert.model import functional
 from jbert.training.checkpoint import restore_weights
 from jbert.training.config import TrainConfig, from_dict
+from jbert.training.run_card import run_card
 
 
 def is_hf_export(path: Path) -> bool:
@@ -37,8 +38,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
                self_contained: bool = False) -> Path:
     """Writes the run's weights in the released layout; the tokenizer defaults to the one in
     the run's data directory. `head="base"` exports only the encoder (an embedding model);
-    `self_contained` ships jbert's own modeling code with it (see `save_pretrained`)."""
-    config, params, trained_head, _ = load_run_params(run_dir, step)
+    `self_contained` ships jbert's own modeling code with it (see `save_pretrained`). The model
+    card tells the run's recipe, data, hardware, time and evaluation (`run_card`)."""
+    config, params, trained_head, step = load_run_params(run_dir, step)
     if tokenizer is None:
         candidate = Path(run_config(run_dir).data.dir) / "tokenizer"
         tokenizer = candidate if candidate.is_dir() else None
@@ -46,4 +48,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
         params = functional.transplant_encoder(params, config, "base")
     return save_pretrained(out, config, params, tokenizer=tokenizer,
                            head=head or trained_head, overwrite=overwrite,
-                           self_contained=self_contained)
+                           self_contained=self_contained,
+                           card=run_card(run_dir, run_config(run_dir), trained_head, step))
