@@ -58,7 +58,8 @@ def test_plain_save_pretrained_writes_a_card_that_says_what_the_weights_are(tmp_
 def test_prompts_and_matryoshka_sizes_reach_the_snippets():
     config = tiny_model()
     card = ModelCard(prompts={"query": "query: ", "document": "code: "},
-                     matryoshka_dims=(16, 8), programming_languages=("python",))
+                     matryoshka_dims=(8, 16, config.hidden_size),
+                     programming_languages=("python",))
     text = render_card(config, "base", card)
     meta = front_matter(text)
     assert {"python", "matryoshka"} <= set(meta["tags"])

@@ -122,8 +122,10 @@ A JinaBERT encoder ({config.num_hidden_layers} layers, hidden size {config.hidde
 {config.num_attention_heads} heads, symmetric ALiBi, {config.max_position_embeddings} positions)
 in the {layout}. Weights are fp32 with the official tensor names; {code}, hence
 `trust_remote_code=True`.{pooling}"""]
-    if card.matryoshka_dims:
-        sizes = ", ".join(str(d) for d in sorted(card.matryoshka_dims, reverse=True))
+    smaller_dims = sorted((d for d in card.matryoshka_dims if d < config.hidden_size),
+                          reverse=True)
+    if smaller_dims:
+        sizes = ", ".join(str(d) for d in smaller_dims)
         parts.append(f"""\
 ## Embedding sizes
 
@@ -168,9 +170,8 @@ model = {auto}.from_pretrained("{path}", trust_remote_code=True)
 In JAX: `config, params = jbert.load_pretrained("{path}", head="{head}")`."""
     query, document = card.prompts.get("query", ""), card.prompts.get("document", "")
     query_text, doc_text = "how to add two numbers", "def add(a, b): return a + b"
-    truncate = (f", truncate_dim={max(card.matryoshka_dims)}"
-                if card.matryoshka_dims and max(card.matryoshka_dims) < config.hidden_size
-                else "")
+    smaller_dims = [d for d in card.matryoshka_dims if d < config.hidden_size]
+    truncate = f", truncate_dim={max(smaller_dims)}" if smaller_dims else ""
 
     def prompt_arg(name: str, prefix: str) -> str:
         return f', prompt_name="{name}"' if prefix else ""
@@ -179,8 +180,8 @@ In JAX: `config, params = jbert.load_pretrained("{path}", head="{head}")`."""
         return json.dumps(prefix + text)
 
     smaller = ""
-    if card.matryoshka_dims:
-        d = min(card.matryoshka_dims)
+    if smaller_dims:
+        d = min(smaller_dims)
         smaller = (f"\nsmall = queries[:, :{d}]  # a Matryoshka size: re-normalise\n"
                    "small /= np.linalg.norm(small, axis=-1, keepdims=True)")
     transformers_note = ("" if self_contained else
