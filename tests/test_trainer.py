@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -97,8 +98,12 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path):
     split = tiny_config(tmp_path / "split", steps=6)
     first = train(split, synthetic_task(split), stop_at=4)
     assert first["status"] == "stopped" and first["end_step"] == 4
+    started = time.perf_counter()
     second = train(split, synthetic_task(split))
+    elapsed = time.perf_counter() - started
     assert second["origin"] == "resumed from step 4"
+    # The wall time (the model card's) adds the earlier invocation's to this one's.
+    assert elapsed < second["wall_time_s"] <= first["wall_time_s"] + elapsed
     for a, b in zip(jax.tree.leaves(jax.device_get(summary["state"])),
                     jax.tree.leaves(jax.device_get(second["state"])), strict=True):
         np.testing.assert_array_equal(a, b)

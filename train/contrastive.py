@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     with usage_errors():  # missing data or pairs
         task, facts = contrastive_task(config, mesh)
     with usage_errors(InputError, CorruptCheckpointError):  # checks before the first step
-        summary = train(config, task)
+        summary = train(config, task, data_facts=facts)
     summary.pop("state")
-    summary["data"] = facts
     if jax.process_index() == 0:
         if config.contrastive.export and summary["status"] == "done":
             # The encoder alone (`base`): what sentence-transformers and AutoModel load.

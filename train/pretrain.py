@@ -26,9 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     with usage_errors():  # a missing data.dir
         task, facts = mlm_task(config, jax.process_count())
     with usage_errors(InputError, CorruptCheckpointError):  # checks before the first step
-        summary = train(config, task)
+        summary = train(config, task, data_facts=facts)
     summary.pop("state")
-    summary["data"] = facts
     if jax.process_index() == 0:
         print(json.dumps({k: summary[k] for k in ("status", "end_step", "last", "final_eval",
                                                   "data") if k in summary}, indent=1))

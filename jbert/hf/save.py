@@ -4,11 +4,13 @@
 trust_remote_code=True)` and `SentenceTransformer(path, trust_remote_code=True)` load: the
 official tensor names and orientation in fp32 (the key map of `jbert.hf.load`), the released
 `config.json` keys with `auto_map` for the head, tokenizer files, the sentence-transformers files
-for mean pooling, and a model card. `jbert.training.export` builds on it to export a training run.
+for mean pooling, and a model card (`jbert.hf.model_card`). `jbert.training.export` builds on it
+to export a training run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from jbert.hf.keys import (
     local_dir,
     per_layer_leaves,
 )
+from jbert.hf.model_card import ModelCard, render_card
 from jbert.model.config import JinaBertConfig
 from jbert.model.functional import Params, abstract_params
 from jbert.model.heads import HEADS
@@ -156,46 +159,11 @@ def _sentence_transformers_files(config: JinaBertConfig, prompts: Mapping[str, s
     }
 
 
-def _model_card(config: JinaBertConfig, head: str, base_model: str | None,
-                self_contained: bool) -> str:
-    layout = ("jina-embeddings-v2-base-code layout (jinaai/jina-bert-v2-qk-post-norm)"
-              if config.qk_norm else "jina-embeddings-v2-base-en layout "
-              "(jinaai/jina-bert-implementation)")
-    front = ["---", "license: apache-2.0", "library_name: sentence-transformers",
-             "pipeline_tag: feature-extraction" if head == "base" else f"# head: {head}",
-             "tags:", "- sentence-transformers", "- feature-extraction", "- sentence-similarity",
-             "- custom_code", "- jbert"]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    code = ("the modeling code is jbert's own, in this directory (`modeling_jbert.py`, "
-            "`configuration_jbert.py`; transformers 4.x and 5.x)" if self_contained else
-            "the modeling code is Jina AI's, fetched through `auto_map` (transformers 4.x)")
-    return "\n".join(front) + f"""
-
-# JinaBERT ({HEAD_CLASSES[head]}), exported by jbert
-
-A JinaBERT encoder ({config.num_hidden_layers} layers, hidden size {config.hidden_size},
-{config.num_attention_heads} heads, symmetric ALiBi, {config.max_position_embeddings} positions)
-in the {layout}. Weights are fp32 with the official tensor names; {code}, hence
-`trust_remote_code=True`. Embeddings are the mean of the last hidden states over real tokens.
-
-```python
-from sentence_transformers import SentenceTransformer
-
-model = SentenceTransformer("path/or/repo", trust_remote_code=True)
-embeddings = model.encode(["def add(a, b): return a + b"], normalize_embeddings=True)
-```
-
-or in JAX: `config, params = jbert.load_pretrained("path/or/repo")`.
-"""
-
-
 def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Params,
                     tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
                     base_model: str | None = None, self_contained: bool = False,
                     prompts: Mapping[str, str] | None = None,
-                    matryoshka_dims: Sequence[int] = ()) -> Path:
+                    matryoshka_dims: Sequence[int] = (), card: ModelCard | None = None) -> Path:
     """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
 
     `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
@@ -214,6 +182,10 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
     into `config_sentence_transformers.json` of a base-model export, where
     `SentenceTransformer.encode(x, prompt_name="query")` and `jbert.Embedder.from_pretrained`
     find them.
+
+    `README.md` is the model card (`jbert.hf.model_card`): with `card`, its facts (recipe,
+    evaluation, prompts, Matryoshka sizes); without, what the weights are and how to load them.
+    `base_model` is the card's `base_model` when the card names none.
     """
     bad = [d for d in matryoshka_dims if not 1 <= d <= config.hidden_size]
     if bad:
@@ -252,7 +224,18 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
             code = resources.files("jbert.hf") / "hf_code"
             for name in SELF_CONTAINED_FILES:
                 (tmp / name).write_text((code / name).read_text())
-        (tmp / "README.md").write_text(_model_card(config, head, base_model, self_contained))
+        card = card or ModelCard()
+        if base_model and not card.base_model:
+            card = dataclasses.replace(card, base_model=base_model)
+        # The card's usage snippets name the prompts and sizes this export carries.
+        if not card.prompts:
+            card = dataclasses.replace(card, prompts={k: v for k, v in (prompts or {}).items()
+                                                      if v})
+        if not card.matryoshka_dims:
+            card = dataclasses.replace(card, matryoshka_dims=tuple(
+                d for d in matryoshka_dims if d < config.hidden_size))
+        (tmp / "README.md").write_text(render_card(config, head, card,
+                                                   self_contained=self_contained))
     return out
 
 

@@ -43,15 +43,15 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
     print(f"[demo] 1-2/5 data from this Python + MLM pretraining ({mlm.steps} steps) "
           f"-> {mlm.workdir}", flush=True)
     task, facts = mlm_task(mlm)
-    mlm_summary = train(mlm, task)
+    mlm_summary = train(mlm, task, data_facts=facts)
 
     tune = load_config(str(CONFIGS / "contrastive_tiny.py"))
     tune = dataclasses.replace(tune, workdir=str(workdir / "contrastive"), init_from=mlm.workdir,
                                steps=contrastive_steps or tune.steps)
     print(f"[demo] 3/5 contrastive tuning ({tune.steps} steps) -> {tune.workdir}", flush=True)
     mesh = make_mesh(tune.mesh.data, tune.mesh.fsdp, tune.mesh.tensor)
-    task, _ = contrastive_task(tune, mesh)
-    train(tune, task)
+    task, tune_facts = contrastive_task(tune, mesh)
+    train(tune, task, data_facts=tune_facts)
 
     export_dir = workdir / "export"
     print(f"[demo] 4/5 export (HF + sentence-transformers layout) -> {export_dir}", flush=True)

@@ -10,6 +10,7 @@ from jbert.hf.save import save_pretrained
 from jbert.model import functional
 from jbert.training.checkpoint import restore_weights
 from jbert.training.config import TrainConfig, from_dict
+from jbert.training.run_card import run_card
 
 
 def is_hf_export(path: Path) -> bool:
@@ -39,8 +40,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     the run's data directory. `head="base"` exports only the encoder (an embedding model);
     `self_contained` ships jbert's own modeling code with it (see `save_pretrained`). The run's
     `contrastive.query_prompt` / `doc_prompt` become the export's "query" / "document" prompts
-    and its `contrastive.matryoshka_dims` are recorded beside them."""
-    config, params, trained_head, _ = load_run_params(run_dir, step)
+    and its `contrastive.matryoshka_dims` are recorded beside them; the model card tells the
+    run's recipe, data, hardware, time and evaluation (`run_card`)."""
+    config, params, trained_head, step = load_run_params(run_dir, step)
     contrastive = run_config(run_dir).contrastive
     if tokenizer is None:
         candidate = Path(run_config(run_dir).data.dir) / "tokenizer"
@@ -52,4 +54,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
                            self_contained=self_contained,
                            prompts={"query": contrastive.query_prompt,
                                     "document": contrastive.doc_prompt},
-                           matryoshka_dims=contrastive.matryoshka_dims)
+                           matryoshka_dims=contrastive.matryoshka_dims,
+                           card=run_card(run_dir, run_config(run_dir), trained_head, step))

@@ -166,6 +166,14 @@ def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> st
     return f"cannot resume: {error}{cause}. Nothing was moved; {advice}"
 
 
+def _earlier_wall_time(workdir: Path) -> float:
+    """Seconds the run's earlier invocations recorded in `summary.json` (0 when none did)."""
+    try:
+        return float(json.loads((workdir / "summary.json").read_text()).get("wall_time_s", 0.0))
+    except (OSError, ValueError):
+        return 0.0
+
+
 def _has_checkpoints(directory: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
@@ -192,12 +200,16 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
+          data_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs (or resumes) training to `cfg.steps`; returns the final summary.
 
     `stop_at` ends this run early with a checkpoint at that step (the schedule still spans
-    `cfg.steps`): runs split into time-limited chunks, and the resume tests.
+    `cfg.steps`): runs split into time-limited chunks, and the resume tests. `data_facts` (what
+    the task says about its data: sizes, sources) goes into `summary.json` under `data`, next to
+    the hardware and the wall time, for the export's model card.
     """
+    started = time.perf_counter()
     workdir = Path(cfg.workdir)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     local_rows = check_batch_layout(cfg, mesh)
@@ -277,7 +289,14 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
     def save(step: int, state, data_position: dict, meta: dict, force: bool = False) -> None:
         checkpointer.save(step, state, data_position, meta, force=force)
 
-    summary: dict[str, Any] = {"start_step": start_step, "origin": origin, "status": "running"}
+    summary: dict[str, Any] = {"start_step": start_step, "origin": origin, "status": "running",
+                               "device_kind": jax.devices()[0].device_kind,
+                               "device_count": jax.device_count(),
+                               "process_count": jax.process_count()}
+    if data_facts is not None:
+        summary["data"] = data_facts
+    # The wall time adds up over the invocations that reached this step (resumed chunks).
+    earlier_s = _earlier_wall_time(workdir) if restored is not None else 0.0
     pending = None  # (step, metrics on device, data position before the batch)
     window = {"tokens": 0.0, "time": time.perf_counter(), "sums": {}}
 
@@ -355,6 +374,7 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
             checkpointer.close()
             logger.close()
             summary["end_step"] = int(jax.device_get(state["step"]))
+            summary["wall_time_s"] = earlier_s + time.perf_counter() - started
             if jax.process_index() == 0:
                 (workdir / "summary.json").write_text(json.dumps(summary, indent=1,
                                                                  default=float))
