@@ -47,7 +47,8 @@ def _random_adapters(params, cfg, seed=1):
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-code"])
 def test_merge_adds_scale_times_a_b_to_each_layer_of_each_target(name):
-    config = preset(name, num_hidden_layers=2)
+    config = preset(name, num_hidden_layers=2, vocab_size=64, hidden_size=16,
+                    num_attention_heads=2, intermediate_size=24)
     cfg = LoRAConfig(rank=3, alpha=6.0)  # every target
     base = functional.init_params(config, jax.random.key(0), "masked_lm")
     trained = lora.trainable(base, _random_adapters(base, cfg))
@@ -70,6 +71,7 @@ def test_merge_adds_scale_times_a_b_to_each_layer_of_each_target(name):
             np.testing.assert_array_equal(_get(merged, keys), leaf, err_msg=str(keys))
 
 
+@pytest.mark.slow
 def test_fresh_adapters_start_at_the_base_and_shard_like_their_kernel():
     config = tiny_config("unused").model
     base = functional.init_params(config, jax.random.key(0), "masked_lm")
@@ -242,6 +244,7 @@ def test_sharded_lora_step_equals_single_device(tmp_path):
     assert not np.allclose(got["lora"]["value"]["b"], 0)
 
 
+@pytest.mark.slow
 def test_gradcache_lora_gradient_equals_the_plain_one():
     from test_contrastive import _batch, _config
 
