@@ -144,8 +144,10 @@ def test_optimizer_state_and_checkpoint_hold_the_adapters_only(lora_run, base_di
     checkpointer.close()
     assert not any("bert" in path for path in saved)
     meta, step = restore_meta(ckpt_dir)
+    fingerprint = meta["lora"].pop("base_fingerprint")
     assert step == 6 and meta["lora"] == {"rank": 4, "alpha": 8.0, "targets": list(
         LORA.targets), "base": str(base_dir.absolute())}
+    assert len(fingerprint) == len(jax.tree.leaves(base["bert"]))
 
 
 @pytest.mark.slow
@@ -191,6 +193,12 @@ def test_lora_stop_and_resume_is_bitwise_identical(lora_run, base_dir, tmp_path)
     with pytest.raises(ConfigError, match=f"adapters of the base {moved_base}.*put the base back"):
         train(split, synthetic_task(split))
     assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["3", "4"]
+    # Another base of the same shapes in its place: refused, naming a weight that differs.
+    other = functional.init_params(split.model, jax.random.key(7), "masked_lm")
+    save_pretrained(moved_base, split.model, other, head="masked_lm")
+    with pytest.raises(ConfigError, match=r"another base than .*differs in \['embeddings'\]"):
+        train(split, synthetic_task(split))
+    shutil.rmtree(moved_base)
     shutil.move(tmp_path / "elsewhere", moved_base)
     second = train(split, synthetic_task(split))
     assert second["origin"].startswith("resumed from step 4")

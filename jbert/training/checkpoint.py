@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -260,18 +260,38 @@ class Checkpointer:
         self.manager.close()
 
 
-def lora_meta(cfg: LoRAConfig, base: str) -> dict:
-    """What a LoRA run's checkpoints record beside the adapters: the adapter layout and the
-    base they adapt (its weights are not in the checkpoint)."""
-    return {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets), "base": base}
+def lora_meta(cfg: LoRAConfig, base: str, base_encoder: Any) -> dict:
+    """What a LoRA run's checkpoints record beside the adapters: the adapter layout, the base
+    they adapt (its weights are not in the checkpoint) and the fingerprint of its encoder."""
+    return {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets), "base": base,
+            "base_fingerprint": fingerprint(base_encoder)}
 
 
-def saved_lora(meta: dict) -> tuple[LoRAConfig, str] | None:
-    """(adapter layout, base) of a LoRA run's checkpoint meta; None for plain weights."""
+class SavedLoRA(NamedTuple):
+    cfg: LoRAConfig
+    base: str  # where the base was when the run started (an absolute path)
+    base_fingerprint: list[int]
+
+
+def saved_lora(meta: dict) -> SavedLoRA | None:
+    """The adapter layout and base of a LoRA run's checkpoint meta; None for plain weights."""
     saved = meta.get("lora")
     if saved is None:
         return None
-    return LoRAConfig(saved["rank"], saved["alpha"], tuple(saved["targets"])), saved["base"]
+    return SavedLoRA(LoRAConfig(saved["rank"], saved["alpha"], tuple(saved["targets"])),
+                     saved["base"], saved["base_fingerprint"])
+
+
+def check_lora_base(base_encoder: Any, saved: SavedLoRA, adapters: str) -> None:
+    """Refuses a base whose encoder is not the one the adapters were trained on."""
+    leaves = jax.tree_util.tree_leaves_with_path(base_encoder)
+    now = fingerprint(base_encoder)
+    changed = [jax.tree_util.keystr(path) for (path, _), want, got in zip(
+        leaves, saved.base_fingerprint, now, strict=False) if want != got]  # lengths: below
+    if changed or len(now) != len(saved.base_fingerprint):
+        raise ConfigError(f"{adapters} holds LoRA adapters of another base than {saved.base} "
+                          f"is now (its encoder differs in {', '.join(changed[:3]) or 'shape'}); "
+                          "put back the base they were trained on")
 
 
 def restore_meta(directory: str | Path, step: int | None = None) -> tuple[dict, int]:
@@ -289,7 +309,7 @@ def restore_weights(directory: str | Path, config: Any,
         head = meta.get("head", "masked_lm")
         adapters = saved_lora(meta)
         return checkpointer.restore_params(
-            step, trained_params(config, head, adapters[0] if adapters else None)), head
+            step, trained_params(config, head, adapters.cfg if adapters else None)), head
 
     (params, head), step = _read(directory, step, read)
     return params, head, step

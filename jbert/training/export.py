@@ -17,7 +17,13 @@ from jbert.hf.load import load_pretrained
 from jbert.hf.save import save_pretrained
 from jbert.model import functional, lora
 from jbert.model.heads import HEADS
-from jbert.training.checkpoint import restore_meta, restore_weights, saved_lora
+from jbert.training.checkpoint import (
+    SavedLoRA,
+    check_lora_base,
+    restore_meta,
+    restore_weights,
+    saved_lora,
+)
 from jbert.training.config import TrainConfig, from_dict
 
 
@@ -59,14 +65,17 @@ def init_params_from(source: str, config, head: str) -> Any:
     return functional.transplant_encoder(params, config, head)
 
 
-def lora_base(source: str, config, head: str, adapters: str) -> Any:
-    """The frozen base weights a LoRA run adapts (its `init_from`), for `adapters` (what
-    refers to them, named in the error when they are gone)."""
+def lora_base(saved: SavedLoRA, config, head: str, adapters: str) -> Any:
+    """The frozen base weights a LoRA run adapts (its `init_from`), checked against the
+    fingerprint its checkpoint recorded; `adapters` (what refers to them) is named in the error
+    when they are gone or changed."""
     try:
-        return init_params_from(source, config, head)
+        base = init_params_from(saved.base, config, head)
     except ConfigError as e:
-        raise ConfigError(f"{adapters} holds LoRA adapters of the base {source}, which cannot "
-                          f"be read ({e}); put the base back there") from None
+        raise ConfigError(f"{adapters} holds LoRA adapters of the base {saved.base}, which "
+                          f"cannot be read ({e}); put the base back there") from None
+    check_lora_base(functional.encoder_params(base), saved, adapters)
+    return base
 
 
 def checkpoint_params(directory: str | Path, config, step: int | None = None
@@ -74,11 +83,10 @@ def checkpoint_params(directory: str | Path, config, step: int | None = None
     """(params, head, step) of a checkpoint (the latest by default) as plain weights: a LoRA
     run's adapters are merged into its base."""
     params, head, step = restore_weights(directory, config, step)
-    adapters = saved_lora(restore_meta(directory, step)[0])
-    if adapters is not None:
-        lora_cfg, base = adapters
-        params = lora.merge(lora_base(base, config, head, f"checkpoint {directory}/{step}"),
-                            params, lora_cfg)
+    saved = saved_lora(restore_meta(directory, step)[0])
+    if saved is not None:
+        base = lora_base(saved, config, head, f"checkpoint {directory}/{step}")
+        params = lora.merge(base, params, saved.cfg)
     return params, head, step
 
 

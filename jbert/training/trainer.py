@@ -27,10 +27,16 @@ import jax
 import numpy as np
 
 from jbert.errors import ConfigError
-from jbert.model import lora
+from jbert.model import functional, lora
 from jbert.model.lora import LoRAConfig
 from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
-from jbert.training.checkpoint import Checkpointer, StructureMismatchError, lora_meta, saved_lora
+from jbert.training.checkpoint import (
+    Checkpointer,
+    SavedLoRA,
+    StructureMismatchError,
+    lora_meta,
+    saved_lora,
+)
 from jbert.training.config import TrainConfig, to_json
 from jbert.training.export import init_params_from, lora_base
 from jbert.training.flops import peak_flops_per_device
@@ -148,15 +154,16 @@ def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> st
     return f"cannot resume: {error}{cause}. Nothing was moved; {advice}"
 
 
-def _resumed_lora_base(cfg: LoRAConfig, meta: dict, step_dir: Path) -> str:
-    """The base a LoRA checkpoint adapts, once its adapters are known to be this config's."""
+def _resumed_lora(cfg: LoRAConfig, meta: dict, step_dir: Path) -> SavedLoRA:
+    """A LoRA checkpoint's record of its base, once its adapters are known to be this
+    config's."""
     saved = saved_lora(meta)
-    if saved is None or saved[0] != cfg:
+    if saved is None or saved.cfg != cfg:
         raise ConfigError(
             f"cannot resume: checkpoint {step_dir} holds "
-            f"{'no LoRA adapters' if saved is None else f'adapters of {saved[0]}'}, this config "
+            f"{'no LoRA adapters' if saved is None else f'adapters of {saved.cfg}'}, this config "
             f"asks for {cfg}. Nothing was moved; resume with the lora.* it was saved with")
-    return saved[1]
+    return saved
 
 
 def _has_checkpoints(directory: Path) -> bool:
@@ -226,10 +233,10 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
             latest, state, data_state, meta = restored
             origin = f"resumed from step {latest}"
             if lora_cfg is not None:
-                base_source = _resumed_lora_base(lora_cfg, meta, workdir / "checkpoints" /
-                                                 str(latest))
-                base = lora_base(base_source, model_config, task.head,
-                                 f"checkpoint {workdir / 'checkpoints' / str(latest)}")
+                step_dir = workdir / "checkpoints" / str(latest)
+                saved = _resumed_lora(lora_cfg, meta, step_dir)
+                base_source = saved.base
+                base = lora_base(saved, model_config, task.head, f"checkpoint {step_dir}")
         elif cfg.init_from:
             params = init_params_from(cfg.init_from, model_config, task.head)
             if lora_cfg is not None:
@@ -269,7 +276,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None) -> dict[s
         train_fn = step_fn
         step_fn = lambda state, batch: train_fn(state, batch, base)  # noqa: E731
         merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg), out_shardings=plain_sh)
-        meta_extra["lora"] = lora_meta(lora_cfg, base_source)
+        meta_extra["lora"] = lora_meta(lora_cfg, base_source,
+                                       functional.encoder_params(base))
     eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
                     if task.eval_data else [])
 
