@@ -22,12 +22,13 @@ from jbert.model.config import preset
 from jbert.model.lora import TARGETS, LoRAConfig
 from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
 from jbert.training.checkpoint import Checkpointer, restore_meta
-from jbert.training.config import TrainConfig, apply_overrides
+from jbert.training.config import MeshConfig, TrainConfig, apply_overrides
 from jbert.training.export import export_run, init_params_from, load_run_params
 from jbert.training.optim import make_optimizer
 from jbert.training.state import init_state, param_shardings
 from jbert.training.trainer import jit_train_step, train
 
+MESH = MeshConfig(data=2, fsdp=2, tensor=2)  # the trainer's LoRA runs below run sharded
 LORA = LoRAConfig(rank=4, alpha=8.0, targets=("query", "value", "attention_output", "mlp_out"))
 
 
@@ -118,7 +119,7 @@ def base_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_run(base_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lora")
-    cfg = tiny_config(workdir / "full", steps=6, init_from=str(base_dir), lora=LORA)
+    cfg = tiny_config(workdir / "full", steps=6, init_from=str(base_dir), lora=LORA, mesh=MESH)
     return cfg, train(cfg, synthetic_task(cfg))
 
 
@@ -185,7 +186,8 @@ def test_lora_stop_and_resume_is_bitwise_identical(lora_run, base_dir, tmp_path)
     full_cfg, full = lora_run
     moved_base = tmp_path / "base"
     shutil.copytree(base_dir, moved_base)
-    split = tiny_config(tmp_path / "split", steps=6, init_from=str(moved_base), lora=LORA)
+    split = tiny_config(tmp_path / "split", steps=6, init_from=str(moved_base), lora=LORA,
+                        mesh=MESH)
     first = train(split, synthetic_task(split), stop_at=4)
     assert first["end_step"] == 4
     # A base that is gone: one line naming it, the checkpoints left as they were.
@@ -281,7 +283,8 @@ def test_gradcache_lora_gradient_equals_the_plain_one():
 
 @pytest.mark.slow
 def test_contrastive_lora_with_gradcache_trains_and_exports(base_dir, tmp_path):
-    """The contrastive entry point with --config.lora.rank=4 (GradCache chunks of 8 rows)."""
+    """The contrastive entry point with --config.lora.rank=4: GradCache chunks of 8 rows on a
+    (2, 2, 2) mesh, eval and export of the merged weights."""
     from test_contrastive import make_data_dir
 
     from jbert.training.cli import parse_training_cli
@@ -293,6 +296,7 @@ def test_contrastive_lora_with_gradcache_trains_and_exports(base_dir, tmp_path):
                  "data.dir": data, "data.batch_size": 16, "contrastive.chunk_size": 8,
                  "contrastive.max_query_length": 16, "contrastive.max_doc_length": 24,
                  "workdir": tmp_path / "run", "progress": False, "steps": 4,
+                 "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
                  "lora.rank": 4, "lora.targets": "query,value,mlp_in,mlp_out"}
     argv = ["--config", "configs/contrastive_tiny.py:smoke"] + [
         f"--config.{k}={v}" for k, v in overrides.items()]

@@ -100,45 +100,48 @@ def _head_weights(params: Params) -> Params:
     return {k: v for k, v in params.items() if k != "bert"} if _encoder_path(params) else {}
 
 
+def _adapter_shapes(encoder: Params, target: str, rank: int) -> tuple[tuple[int, ...],
+                                                                      tuple[int, ...], Any]:
+    """(A's shape, B's shape, dtype) for the target's kernel [N, I, O]."""
+    kernel_NIO = _get(_layer(encoder), kernel_path(encoder, target))["kernel"]
+    n, i, o = kernel_NIO.shape
+    return (n, i, rank), (n, rank, o), kernel_NIO.dtype
+
+
 def abstract_trainable(config: JinaBertConfig, head: str, cfg: LoRAConfig) -> Params:
     """ShapeDtypeStructs of the trainable tree (adapters and head weights)."""
     full = functional.abstract_params(config, head)
-    return trainable(full, _abstract_adapters(full, cfg))
-
-
-def _abstract_adapters(full: Params, cfg: LoRAConfig) -> Params:
-    encoder = functional.encoder_params(full)
-    out = {}
+    adapters = {}
     for target in cfg.targets:
-        kernel_NIO = _get(_layer(encoder), kernel_path(encoder, target))["kernel"]
-        n, i, o = kernel_NIO.shape
-        out[target] = {"a": jax.ShapeDtypeStruct((n, i, cfg.rank), kernel_NIO.dtype),
-                       "b": jax.ShapeDtypeStruct((n, cfg.rank, o), kernel_NIO.dtype)}
-    return out
+        shape_a, shape_b, dtype = _adapter_shapes(functional.encoder_params(full), target,
+                                                  cfg.rank)
+        adapters[target] = {"a": jax.ShapeDtypeStruct(shape_a, dtype),
+                            "b": jax.ShapeDtypeStruct(shape_b, dtype)}
+    return trainable(full, adapters)
 
 
 def trainable_axes(config: JinaBertConfig, head: str, cfg: LoRAConfig) -> Params:
     """Logical axis names of the trainable tree: A's input and B's output dimension follow
     the kernel's (so they shard like it), the rank dimension is `lora_rank`."""
     full, axes = functional.abstract_params(config, head), functional.logical_axes(config, head)
-    encoder_axes = functional.encoder_params(axes) if _encoder_path(full) else axes
+    encoder, encoder_axes = functional.encoder_params(full), functional.encoder_params(axes)
     adapters = {}
     for target in cfg.targets:
-        layers, axis_in, axis_out = _get(_layer(encoder_axes), kernel_path(
-            functional.encoder_params(full), target))["kernel"]
+        layers, axis_in, axis_out = _get(_layer(encoder_axes), kernel_path(encoder, target))[
+            "kernel"]
         adapters[target] = {"a": (layers, axis_in, RANK_AXIS), "b": (layers, RANK_AXIS, axis_out)}
-    return {"lora": adapters, **(_head_weights(axes) if _encoder_path(full) else {})}
+    return {"lora": adapters, **_head_weights(axes)}
 
 
 def init_adapters(full: Params, cfg: LoRAConfig, rng: jax.Array) -> Params:
     """Fresh adapters for the kernels of `full` (params or their shapes): A ~ N(0, 1/I), B = 0,
     so the adapted model starts as the base."""
+    encoder = functional.encoder_params(full)
     adapters = {}
     for target, key in zip(cfg.targets, jax.random.split(rng, len(cfg.targets)), strict=True):
-        shapes = _abstract_adapters(full, LoRAConfig(cfg.rank, cfg.alpha, (target,)))[target]
-        a_NIR = jax.random.normal(key, shapes["a"].shape, shapes["a"].dtype)
-        adapters[target] = {"a": a_NIR / jnp.sqrt(shapes["a"].shape[1]).astype(a_NIR.dtype),
-                            "b": jnp.zeros(shapes["b"].shape, shapes["b"].dtype)}
+        shape_a, shape_b, dtype = _adapter_shapes(encoder, target, cfg.rank)
+        a_NIR = jax.random.normal(key, shape_a, jnp.float32) / jnp.sqrt(shape_a[1])
+        adapters[target] = {"a": a_NIR.astype(dtype), "b": jnp.zeros(shape_b, dtype)}
     return adapters
 
 
