@@ -10,6 +10,10 @@ Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_
 only, fresh optimizer and data), which beats fresh initialisation. Nothing is written before
 the start is settled: a config that no longer fits the checkpoints, a bad `init_from` or bad
 training data stop the run with a `ConfigError`/`InputError` and leave the workdir as it was.
+
+With `lora.rank > 0` the state trains adapters (`jbert.model.lora`) on the frozen `init_from`
+weights, which the step takes as a separate, never donated argument; a resume reloads them
+from the path its checkpoint recorded, and refuses them if they changed.
 """
 
 from __future__ import annotations
@@ -141,8 +145,7 @@ def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> st
                    and old.get(k) != new.get(k)]
     cause = (f"; changed since {saved_file}: {', '.join(changed)}" if changed else
              f"; {saved_file} records no change to model.*, optim.*, contrastive.* or lora.* "
-             "(another "
-             "head, or another jbert version?)")
+             "(another head, or another jbert version?)")
     if error.per_layer:  # the error says how to carry the weights over
         return f"cannot resume: {error}. Nothing was moved"
     if error.params_changed:
