@@ -36,6 +36,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("type_vocab", None),
     ("norm", None),
     ("labels", None),
+    ("lora_rank", None),  # LoRA adapters' rank dimension: small, on every device
     # activations only
     ("act_embed", None),
     ("head_dim", None),

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,8 @@ from etils import epath
 
 from jbert.errors import ConfigError, CorruptCheckpointError
 from jbert.hf.keys import STACKED, iter_leaves, per_layer_leaves, stack_layers, unflatten
-from jbert.model import functional
-from jbert.training.state import State
+from jbert.model.lora import LoRAConfig
+from jbert.training.state import State, trained_params
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +260,63 @@ class Checkpointer:
         self.manager.close()
 
 
+def lora_meta(cfg: LoRAConfig, base: str, base_encoder: Any) -> dict:
+    """What a LoRA run's checkpoints record beside the adapters: the adapter layout, the base
+    they adapt (its weights are not in the checkpoint) and the fingerprint of its encoder."""
+    return {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets), "base": base,
+            "base_fingerprint": fingerprint(base_encoder)}
+
+
+class SavedLoRA(NamedTuple):
+    cfg: LoRAConfig
+    base: str  # where the base was when the run started (an absolute path)
+    base_fingerprint: list[int]
+
+
+def saved_lora(meta: dict) -> SavedLoRA | None:
+    """The adapter layout and base of a LoRA run's checkpoint meta; None for plain weights."""
+    saved = meta.get("lora")
+    if saved is None:
+        return None
+    return SavedLoRA(LoRAConfig(saved["rank"], saved["alpha"], tuple(saved["targets"])),
+                     saved["base"], saved["base_fingerprint"])
+
+
+def check_lora_base(base_encoder: Any, saved: SavedLoRA, adapters: str) -> None:
+    """Refuses a base whose encoder is not the one the adapters were trained on."""
+    leaves = jax.tree_util.tree_leaves_with_path(base_encoder)
+    now = fingerprint(base_encoder)
+    changed = [jax.tree_util.keystr(path) for (path, _), want, got in zip(
+        leaves, saved.base_fingerprint, now, strict=False) if want != got]  # lengths: below
+    if changed or len(now) != len(saved.base_fingerprint):
+        raise ConfigError(f"{adapters} holds LoRA adapters of another base than {saved.base} "
+                          f"is now (its encoder differs in {', '.join(changed[:3]) or 'shape'}); "
+                          "put back the base they were trained on")
+
+
+def restore_meta(directory: str | Path, step: int | None = None) -> tuple[dict, int]:
+    """(meta, step) of a committed checkpoint, the latest by default."""
+    return _read(directory, step, lambda checkpointer, step: checkpointer.restore_meta(step))
+
+
 def restore_weights(directory: str | Path, config: Any,
                     step: int | None = None) -> tuple[Any, str, int]:
     """(params, head, step) of a committed checkpoint, the latest by default: weights only,
-    for the head the run trained (recorded in its meta; MLM before heads were recorded)."""
+    for the head the run trained (recorded in its meta; MLM before heads were recorded).
+    A LoRA run's params are its trainable tree (`saved_lora` of its meta names the base)."""
+    def read(checkpointer: Checkpointer, step: int) -> tuple[Any, str]:
+        meta = checkpointer.restore_meta(step)
+        head = meta.get("head", "masked_lm")
+        adapters = saved_lora(meta)
+        return checkpointer.restore_params(
+            step, trained_params(config, head, adapters.cfg if adapters else None)), head
+
+    (params, head), step = _read(directory, step, read)
+    return params, head, step
+
+
+def _read(directory: str | Path, step: int | None, read: Any) -> tuple[Any, int]:
+    """`read(checkpointer, step)` on a committed step (the latest by default), and the step."""
     if not Path(directory).is_dir():  # Checkpointer would create it: a typo must not leave dirs
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
     checkpointer = Checkpointer(directory)
@@ -273,8 +326,6 @@ def restore_weights(directory: str | Path, config: Any,
             raise FileNotFoundError(f"{directory}: no checkpoint at step "
                                     f"{step if step is not None else '(any)'}; have "
                                     f"{checkpointer.all_steps()}")
-        head = checkpointer.restore_meta(step).get("head", "masked_lm")
-        params = checkpointer.restore_params(step, functional.abstract_params(config, head))
+        return read(checkpointer, step), step
     finally:
         checkpointer.close()
-    return params, head, step

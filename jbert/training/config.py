@@ -20,6 +20,7 @@ from typing import Any
 
 from jbert.errors import ConfigError
 from jbert.model.config import JinaBertConfig
+from jbert.model.lora import LoRAConfig
 from jbert.training.optim import OptimConfig
 
 
@@ -133,6 +134,8 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     contrastive: ContrastiveConfig = ContrastiveConfig()
+    # rank > 0: train low-rank adapters on the `init_from` weights, which stay frozen
+    lora: LoRAConfig = LoRAConfig()
     workdir: str = "runs/pretrain"
     steps: int = 1000
     grad_accum: int = 1  # micro-batches per step (scan inside the jitted step)

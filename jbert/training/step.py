@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jbert.model import lora
+from jbert.model.lora import LoRAConfig
 from jbert.training.state import State
 
 Batch = dict[str, jax.Array]
@@ -75,6 +77,18 @@ def train_step(state: State, batch: Batch, *, loss_fn: LossFn,
                  "opt_state": opt_state}
     metrics = {**sums, "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
+
+
+def lora_train_step(state: State, batch: Batch, base: Any, *, lora_cfg: LoRAConfig,
+                    loss_fn: LossFn, grad_fn: GradFn | None = None,
+                    **kwargs: Any) -> tuple[State, dict[str, jax.Array]]:
+    """`train_step` of a LoRA state (adapters and head weights) on the frozen `base` merged
+    with them: the loss and gradient functions of plain params are pulled back through the
+    merge, so the GradCache step serves LoRA unchanged."""
+    return train_step(
+        state, batch, loss_fn=lora.on_merged(loss_fn, base, lora_cfg),
+        grad_fn=None if grad_fn is None else lora.grad_on_merged(grad_fn, base, lora_cfg),
+        **kwargs)
 
 
 def eval_step(params: Any, batch: Batch, *, loss_fn: LossFn) -> dict[str, jax.Array]:

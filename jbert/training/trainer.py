@@ -10,6 +10,10 @@ Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_
 only, fresh optimizer and data), which beats fresh initialisation. Nothing is written before
 the start is settled: a config that no longer fits the checkpoints, a bad `init_from` or bad
 training data stop the run with a `ConfigError`/`InputError` and leave the workdir as it was.
+
+With `lora.rank > 0` the state trains adapters (`jbert.model.lora`) on the frozen `init_from`
+weights, which the step takes as a separate, never donated argument; a resume reloads them
+from the path its checkpoint recorded, and refuses them if they changed.
 """
 
 from __future__ import annotations
@@ -26,19 +30,24 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jbert.errors import ConfigError, InputError
-from jbert.hf.load import load_pretrained
-from jbert.model import functional
-from jbert.model.heads import HEADS
+from jbert.errors import ConfigError
+from jbert.model import functional, lora
+from jbert.model.lora import LoRAConfig
 from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
-from jbert.training.checkpoint import Checkpointer, StructureMismatchError, restore_weights
+from jbert.training.checkpoint import (
+    Checkpointer,
+    SavedLoRA,
+    StructureMismatchError,
+    lora_meta,
+    saved_lora,
+)
 from jbert.training.config import TrainConfig, to_json
-from jbert.training.export import is_hf_export
+from jbert.training.export import init_params_from, lora_base
 from jbert.training.flops import peak_flops_per_device
 from jbert.training.logger import MetricsLogger
 from jbert.training.optim import learning_rate_schedule, make_optimizer
 from jbert.training.state import abstract_with_shardings, init_state, param_shardings
-from jbert.training.step import GradFn, LossFn, eval_step, train_step
+from jbert.training.step import GradFn, LossFn, eval_step, lora_train_step, train_step
 
 
 class DataIterator(Protocol):
@@ -86,13 +95,19 @@ def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]
 
 
 def jit_train_step(loss_fn: LossFn, tx, state_sh, batch_sh, *, grad_accum: int = 1,
-                   skip_nonfinite: bool = False, grad_fn: GradFn | None = None) -> Callable:
+                   skip_nonfinite: bool = False, grad_fn: GradFn | None = None,
+                   lora_cfg: LoRAConfig | None = None, base_sh: Any = None) -> Callable:
     """`train_step` jitted as `train` runs it: explicit shardings, the state donated. The
-    benchmarks time this same function."""
-    return jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, tx=tx, grad_accum=grad_accum,
-                          skip_nonfinite=skip_nonfinite, grad_fn=grad_fn),
-        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    benchmarks time this same function. With `lora_cfg` it is `lora_train_step(state, batch,
+    base)`: the frozen base an argument sharded by `base_sh` and never donated."""
+    options = dict(loss_fn=loss_fn, tx=tx, grad_accum=grad_accum,
+                   skip_nonfinite=skip_nonfinite, grad_fn=grad_fn)
+    if lora_cfg is None:
+        return jax.jit(functools.partial(train_step, **options), in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, None), donate_argnums=0)
+    return jax.jit(functools.partial(lora_train_step, lora_cfg=lora_cfg, **options),
+                   in_shardings=(state_sh, batch_sh, base_sh), out_shardings=(state_sh, None),
+                   donate_argnums=0)
 
 
 def check_batch_layout(cfg: TrainConfig, mesh) -> int:
@@ -106,30 +121,6 @@ def check_batch_layout(cfg: TrainConfig, mesh) -> int:
     if rows % processes:
         raise ValueError(f"data.batch_size={rows} does not split over {processes} processes")
     return rows // processes
-
-
-def init_params_from(source: str, config, head: str) -> Any:
-    """Weights of an HF export (config.json + safetensors) or of an orbax checkpoint dir;
-    a source that cannot give them is a `ConfigError` naming `init_from`."""
-    path = Path(source)
-    if not path.is_dir():
-        raise ConfigError(f"init_from={source}: no such directory (give an HF export or a "
-                          "jbert run directory)")
-    try:
-        if is_hf_export(path):
-            # A training-only head (contrastive) starts from the export's encoder.
-            hf_head = head if head in HEADS else "base"
-            _, params = load_pretrained(path, head=hf_head)
-            return params if hf_head == head else functional.transplant_encoder(
-                params, config, head)
-        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        params, _, _ = restore_weights(ckpt_dir, config)
-    except FileNotFoundError as e:
-        raise ConfigError(f"init_from={source}: neither an HF export (config.json) nor "
-                          f"a directory with orbax checkpoints ({e})") from None
-    except InputError as e:  # a bad export, or weights of another model
-        raise ConfigError(f"init_from={source}: {e}") from e
-    return functional.transplant_encoder(params, config, head)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -150,11 +141,11 @@ def config_change_message(cfg: TrainConfig, error: StructureMismatchError) -> st
     if saved_file.is_file():
         old, new = _flat(json.loads(saved_file.read_text())), _flat(json.loads(to_json(cfg)))
         changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-                   if k.split(".")[0] in ("model", "optim", "contrastive")
+                   if k.split(".")[0] in ("model", "optim", "contrastive", "lora")
                    and old.get(k) != new.get(k)]
     cause = (f"; changed since {saved_file}: {', '.join(changed)}" if changed else
-             f"; {saved_file} records no change to model.*, optim.* or contrastive.* (another "
-             "head, or another jbert version?)")
+             f"; {saved_file} records no change to model.*, optim.*, contrastive.* or lora.* "
+             "(another head, or another jbert version?)")
     if error.per_layer:  # the error says how to carry the weights over
         return f"cannot resume: {error}. Nothing was moved"
     if error.params_changed:
@@ -172,6 +163,18 @@ def _earlier_wall_time(workdir: Path) -> float:
         return float(json.loads((workdir / "summary.json").read_text()).get("wall_time_s", 0.0))
     except (OSError, ValueError):
         return 0.0
+
+
+def _resumed_lora(cfg: LoRAConfig, meta: dict, step_dir: Path) -> SavedLoRA:
+    """A LoRA checkpoint's record of its base, once its adapters are known to be this
+    config's."""
+    saved = saved_lora(meta)
+    if saved is None or saved.cfg != cfg:
+        raise ConfigError(
+            f"cannot resume: checkpoint {step_dir} holds "
+            f"{'no LoRA adapters' if saved is None else f'adapters of {saved.cfg}'}, this config "
+            f"asks for {cfg}. Nothing was moved; resume with the lora.* it was saved with")
+    return saved
 
 
 def _has_checkpoints(directory: Path) -> bool:
@@ -211,12 +214,17 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     """
     started = time.perf_counter()
     workdir = Path(cfg.workdir)
+    lora_cfg = cfg.lora if cfg.lora.rank else None
+    if lora_cfg is not None and not cfg.init_from:
+        raise ConfigError(f"lora.rank={cfg.lora.rank} trains adapters on given weights: set "
+                          "init_from to the base (an HF export or a run directory)")
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     local_rows = check_batch_layout(cfg, mesh)
     tx = make_optimizer(cfg.optim, cfg.steps)
     learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)  # for the logs
     model_config = cfg.model
-    abstract = abstract_with_shardings(mesh, model_config, task.head, tx)
+    abstract = abstract_with_shardings(mesh, model_config, task.head, tx, lora_cfg)
+    plain_sh = param_shardings(mesh, model_config, task.head)
     state_sh = jax.tree.map(lambda a: a.sharding, abstract)
     summarize = task.summarize or default_summary
 
@@ -235,16 +243,28 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
             except StructureMismatchError as e:
                 raise ConfigError(config_change_message(cfg, e)) from None
         data_state = None
+        base, base_source = None, None  # LoRA: the frozen weights, not part of the state
         if restored is not None:
-            latest, state, data_state, _ = restored
+            latest, state, data_state, meta = restored
             origin = f"resumed from step {latest}"
+            if lora_cfg is not None:
+                step_dir = workdir / "checkpoints" / str(latest)
+                saved = _resumed_lora(lora_cfg, meta, step_dir)
+                base_source = saved.base
+                base = lora_base(saved, model_config, task.head, f"checkpoint {step_dir}")
         elif cfg.init_from:
             params = init_params_from(cfg.init_from, model_config, task.head)
-            state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params)
+            if lora_cfg is not None:
+                base, base_source = params, str(Path(cfg.init_from).absolute())
+            state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params,
+                               lora_cfg=lora_cfg)
             origin = f"weights from {cfg.init_from}"
         else:
             state = init_state(mesh, model_config, task.head, tx, cfg.seed)
             origin = "fresh initialisation"
+        if lora_cfg is not None:
+            origin += (f"; LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}, "
+                       f"base {base_source}")
         data = task.train_data(jax.process_index(), jax.process_count(), data_state)
     except BaseException:
         if checkpointer is not None:
@@ -260,10 +280,19 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
     step_fn = with_mesh(jit_train_step(
         task.loss_fn, tx, state_sh, batch_sh, grad_accum=cfg.grad_accum,
-        skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn), mesh)
+        skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn, lora_cfg=lora_cfg,
+        base_sh=plain_sh), mesh)
     eval_fn = with_mesh(jax.jit(
         functools.partial(eval_step, loss_fn=task.loss_fn),
-        in_shardings=(param_shardings(mesh, model_config, task.head), batch_sh)), mesh)
+        in_shardings=(plain_sh, batch_sh)), mesh)
+    meta_extra: dict[str, Any] = {}
+    if lora_cfg is not None:
+        base = jax.device_put(base, plain_sh)
+        train_fn = step_fn
+        step_fn = lambda state, batch: train_fn(state, batch, base)  # noqa: E731
+        merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg), out_shardings=plain_sh)
+        meta_extra["lora"] = lora_meta(lora_cfg, base_source,
+                                       functional.encoder_params(base))
     eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
                     if task.eval_data else [])
 
@@ -274,6 +303,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     peak = peak_flops_per_device(cfg.peak_flops_per_device)
 
     def run_eval(params) -> dict[str, float]:
+        if lora_cfg is not None:  # the adapted model, as plain weights
+            params = merge_fn(base, params)
         out: dict[str, float] = {}
         if eval_batches:
             sums: dict[str, float] = {}
@@ -350,7 +381,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
                     drain(pending)  # never checkpoint a state whose step was non-finite
                     pending = None
                     save(step, state, data.get_state(),
-                         {"step": step, "head": task.head, **summary.get("last", {})}, force=True)
+                         {"step": step, "head": task.head, **meta_extra,
+                          **summary.get("last", {})}, force=True)
                 if step % cfg.eval_every == 0 and step != cfg.steps:
                     record = run_eval(state["params"])
                     if record:
