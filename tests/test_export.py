@@ -71,7 +71,7 @@ def test_export_carries_the_runs_prompts_and_matryoshka_sizes(run_dir, tmp_path)
     import json
     import shutil
 
-    from jbert.evaluation.retrieval import load_inference_settings
+    from jbert.evaluation.embedder import load_inference_settings
 
     assert load_inference_settings(run_dir) == ({}, ())  # an MLM run: no prompts, no sizes
     tuned = tmp_path / "tuned"

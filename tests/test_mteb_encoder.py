@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from jbert.data.tokenizer import train_tokenizer
-from jbert.evaluation.embedder import Embedder
+from jbert.evaluation.embedder import Embedder, load_encoder
 from jbert.evaluation.mteb_encoder import beir_task, encoder_from_embedder, run
-from jbert.evaluation.retrieval import load_encoder
 from jbert.hf.save import save_pretrained
 from jbert.model import functional
 from jbert.model.config import preset

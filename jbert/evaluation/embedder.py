@@ -25,6 +25,8 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -151,8 +153,6 @@ class Embedder:
         `config_sentence_transformers.json`) or a jbert run dir (its latest checkpoint; prompts
         and sizes from its `contrastive` config). `max_length` defaults to the model's
         `max_position_embeddings`."""
-        from jbert.evaluation.retrieval import load_encoder, load_inference_settings
-
         config, params, tokenizer = load_encoder(path)
         prompts, dims = load_inference_settings(path)
         return cls(config, params, tokenizer,
@@ -232,3 +232,42 @@ class Embedder:
                 out_ND[list(row)] = emb_BSD[r, : len(row)]
         self.last_padding_fraction = padding_fraction(calls, lengths)
         return out_ND
+
+
+# -- models from disk -----------------------------------------------------------------------
+
+
+def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
+    """(model config, encoder params, tokenizer) of an HF export dir or a jbert run dir (its
+    latest checkpoint, tokenizer from the run's data dir): the untuned MLM backbone or a tuned
+    model, evaluated the same way."""
+    from jbert.data.tokenizer import load_tokenizer
+    from jbert.hf.load import load_pretrained
+    from jbert.model import functional
+    from jbert.training.export import is_hf_export, load_run_params, run_config
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: neither an HF export (config.json, model.safetensors) "
+                                "nor a jbert run directory (config.json, checkpoints/)")
+    if is_hf_export(path):
+        config, params = load_pretrained(path, head="base")
+        return config, params, load_tokenizer(path)
+    config, params, _, _ = load_run_params(path)
+    return config, functional.encoder_params(params), load_tokenizer(
+        Path(run_config(path).data.dir) / "tokenizer")
+
+
+def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int, ...]]:
+    """(prompts by name, Matryoshka sizes) a model was trained with: an HF export's
+    `config_sentence_transformers.json` (`prompts`, `matryoshka_dims`; none when the file is
+    absent), a jbert run's `contrastive.query_prompt` / `doc_prompt` / `matryoshka_dims`."""
+    from jbert.hf.load import load_sentence_transformers_settings
+    from jbert.training.export import is_hf_export, run_config
+
+    path = Path(path)
+    if is_hf_export(path):
+        return load_sentence_transformers_settings(path)
+    c = run_config(path).contrastive
+    prompts = {k: v for k, v in (("query", c.query_prompt), ("document", c.doc_prompt)) if v}
+    return prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them

@@ -1,7 +1,7 @@
 """jbert models as `mteb` encoders, and local BEIR-layout directories as `mteb` retrieval tasks.
 
 `mteb_encoder(path)` wraps an HF export dir or a jbert run dir (see
-`retrieval.load_encoder`) in an `mteb.models.AbsEncoder`: queries and documents get their
+`embedder.load_encoder`) in an `mteb.models.AbsEncoder`: queries and documents get their
 own max length and optional prefix (picked by mteb's `PromptType`), and the embeddings are the
 `Embedder`'s (mean-pooled, L2-normalised), scored by cosine similarity. `run(...)` evaluates it
 with `mteb.evaluate` on mteb tasks, a benchmark such as "MTEB(Code, v1)" or "CoIR", or local

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,45 +62,6 @@ class BM25Index:
         """[Q, k] indices of the best-scoring documents, best first."""
         scores_QN = self.scores(queries)
         return np.argsort(-scores_QN, axis=1, kind="stable")[:, :k]
-
-
-# -- embedding models ------------------------------------------------------------------------
-
-
-def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
-    """(model config, encoder params, tokenizer) of an HF export dir or a jbert run dir (its
-    latest checkpoint, tokenizer from the run's data dir): the untuned MLM backbone or a tuned
-    model, evaluated the same way."""
-    from jbert.data.tokenizer import load_tokenizer
-    from jbert.hf.load import load_pretrained
-    from jbert.model import functional
-    from jbert.training.export import is_hf_export, load_run_params, run_config
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: neither an HF export (config.json, model.safetensors) "
-                                "nor a jbert run directory (config.json, checkpoints/)")
-    if is_hf_export(path):
-        config, params = load_pretrained(path, head="base")
-        return config, params, load_tokenizer(path)
-    config, params, _, _ = load_run_params(path)
-    return config, functional.encoder_params(params), load_tokenizer(
-        Path(run_config(path).data.dir) / "tokenizer")
-
-
-def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int, ...]]:
-    """(prompts by name, Matryoshka sizes) a model was trained with: an HF export's
-    `config_sentence_transformers.json` (`prompts`, `matryoshka_dims`; none when the file is
-    absent), a jbert run's `contrastive.query_prompt` / `doc_prompt` / `matryoshka_dims`."""
-    from jbert.hf.load import load_sentence_transformers_settings
-    from jbert.training.export import is_hf_export, run_config
-
-    path = Path(path)
-    if is_hf_export(path):
-        return load_sentence_transformers_settings(path)
-    c = run_config(path).contrastive
-    prompts = {k: v for k, v in (("query", c.query_prompt), ("document", c.doc_prompt)) if v}
-    return prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them
 
 
 # -- graded-relevance evaluation of retrieval sets (BEIR layout, our pairs per language) -----
