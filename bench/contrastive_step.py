@@ -12,8 +12,7 @@ fits too. Random ids, every token real; one warm-up step each (compiles), then `
 steps per variant, alternating and reversing the order every other round.
 
 GradCache recomputes the forward pass of every chunk, so its ideal overhead is one extra
-forward: about 4/3 the plain step's FLOPs. Packed vs padded contrastive batches are not
-measured: packed contrastive batches do not exist yet (the pair batches are padded per group).
+forward: about 4/3 the plain step's FLOPs. Packed vs padded batches: bench/contrastive_packed.py.
 """
 
 from __future__ import annotations

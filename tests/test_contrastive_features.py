@@ -1,6 +1,8 @@
 """Contrastive features: Matryoshka sizes in the loss (against numpy, sharded, under GradCache),
 packed batches (layout, loss and gradients equal to the padded step's), prompts in training."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +227,65 @@ def test_prompts_prefix_every_query_and_document_in_training(tokenizer):
     without = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer,
                                   plain_cfg))
     assert not np.array_equal(without["query_ids"], with_prompts["query_ids"])
+
+
+@pytest.mark.slow
+def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
+    """Issue 17's whole feature set in one tiny run through `train.contrastive`: prompts,
+    Matryoshka sizes, packed batches, LoRA on a released-layout base, GradCache, a named eval
+    set, on a (2, 2, 2) mesh; the export reloads and carries its prompts, sizes and card."""
+    import json
+
+    from test_contrastive import make_data_dir
+
+    import jbert
+    from jbert.evaluation.embedder import Embedder
+    from jbert.hf.save import save_pretrained
+    from jbert.training.cli import parse_training_cli
+    from train.contrastive import main
+
+    data = make_data_dir(tmp_path / "data")
+    overrides = {"model.vocab_size": 320, "model.hidden_size": 32, "model.num_hidden_layers": 2,
+                 "model.num_attention_heads": 2, "model.intermediate_size": 64,
+                 "data.dir": data, "data.batch_size": 16, "contrastive.chunk_size": 8,
+                 "contrastive.max_query_length": 24, "contrastive.max_doc_length": 32,
+                 "contrastive.query_prompt": "query: ", "contrastive.doc_prompt": "code: ",
+                 "contrastive.matryoshka_dims": "32,16,8", "contrastive.pack": True,
+                 "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}",
+                 "workdir": tmp_path / "run", "progress": False, "steps": 4,
+                 "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "lora.rank": 4}
+    argv = ["--config", "configs/contrastive_tiny.py:smoke"] + [
+        f"--config.{k}={v}" for k, v in overrides.items()]
+    config = parse_training_cli(argv).model
+    base = save_pretrained(tmp_path / "base", config,
+                           functional.init_params(config, jax.random.key(5), "base"))
+    summary = main(argv + [f"--config.init_from={base}"])
+    assert summary["status"] == "done"
+    assert summary["data"]["pack_rows"]["doc"] <= 16
+    final = summary["final_eval"]
+    for key in ("retrieval_ndcg@10", "dim16/retrieval_ndcg@10", "dim8/retrieval_ndcg@10",
+                "mine/retrieval_ndcg@10", "mine/bm25_ndcg@10"):
+        assert 0.0 <= final[key] <= 1.0, key
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any("loss_dim8" in r for r in logged)
+
+    export = Path(summary["export"])
+    st_config = json.loads((export / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"] == {"query": "query: ", "document": "code: "}
+    assert st_config["matryoshka_dims"] == [32, 16, 8]
+    card = (export / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: sentence-transformers" in card
+    for needle in ("## Training", "## Evaluation", "BM25", 'prompt_name="query"',
+                   "truncate_dim", "LoRA"):
+        assert needle in card, needle
+
+    loaded_config, loaded = jbert.load_pretrained(export, head="base")
+    embedder = Embedder.from_pretrained(export)
+    assert embedder.prompts == {"query": "query: ", "document": "code: "}
+    by_name = embedder.encode(["add two numbers"], prompt_name="query", dim=16)
+    by_hand = embedder.encode(["query: add two numbers"])[:, :16]
+    np.testing.assert_allclose(by_name, by_hand / np.linalg.norm(by_hand), atol=1e-6)
+    _, base_params = jbert.load_pretrained(base, head="base")
+    ids = np.array([[5, 9, 33, 7, 4, 100]], np.int32)
+    assert not np.allclose(jbert.forward(config, base_params, ids),
+                           jbert.forward(loaded_config, loaded, ids), atol=1e-4)

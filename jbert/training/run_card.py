@@ -112,6 +112,8 @@ def _recipe(cfg: TrainConfig, summary: dict[str, Any], head: str, step: int) -> 
         batch = f"{cfg.data.batch_size} pairs"
         if c.chunk_size:
             batch += f" (GradCache, chunks of {c.chunk_size})"
+        if c.pack:
+            batch += ", texts packed into rows"
         rows.append(("batch", batch))
         rows.append(("temperature", f"{c.temperature:g}"
                      + (" (initial, learned)" if c.learn_temperature else "")))
@@ -127,6 +129,10 @@ def _recipe(cfg: TrainConfig, summary: dict[str, Any], head: str, step: int) -> 
             rows.append(("prompts", ", ".join(prompts)))
     else:
         rows.append(("batch", f"{cfg.data.batch_size} rows of {cfg.data.seq_len} tokens"))
+    if cfg.lora.rank:
+        rows.append(("LoRA", f"rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} on "
+                             f"{', '.join(cfg.lora.targets)}; the base frozen, the adapters "
+                             "merged into these weights"))
     if cfg.grad_accum > 1:
         rows.append(("gradient accumulation", f"{cfg.grad_accum} micro-batches"))
     rows.append(("optimiser", f"AdamW, learning rate {o.learning_rate:g}, {o.warmup_steps} "
