@@ -1,7 +1,7 @@
 """Packed against padded contrastive batches: real tokens/s of the train step on the same pairs,
 as a ratio in one run.
 
-    .venv/bin/python bench/contrastive_packed.py        # the CPU recipe (configs/contrastive_small.py)
+    .venv/bin/python bench/contrastive_packed.py   # configs/contrastive_small.py, the CPU recipe
     .venv/bin/python bench/contrastive_packed.py --config configs/contrastive_tiny.py --batches 4
 
 The same `--batches` raw pair batches (the config's batch size, from its training pairs) become
