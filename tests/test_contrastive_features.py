@@ -289,3 +289,53 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
     ids = np.array([[5, 9, 33, 7, 4, 100]], np.int32)
     assert not np.allclose(jbert.forward(config, base_params, ids),
                            jbert.forward(loaded_config, loaded, ids), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_packed_matryoshka_run_with_prompts_resumes_exactly(tmp_path):
+    """Stopped at step 2 and resumed, a packed Matryoshka run with prompts and GradCache on a
+    (2, 4) mesh ends with the uninterrupted run's weights and losses."""
+    import json
+
+    from test_contrastive import make_data_dir
+
+    from jbert.model.config import preset
+    from jbert.tasks.contrastive import contrastive_task
+    from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
+    from jbert.training.optim import OptimConfig
+    from jbert.training.trainer import train
+
+    data = make_data_dir(tmp_path / "data")
+
+    def config(workdir):
+        return TrainConfig(
+            model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
+                         intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.1),
+            optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
+            data=DataConfig(dir=str(data), batch_size=16),
+            mesh=MeshConfig(data=2, fsdp=4),
+            contrastive=ContrastiveConfig(
+                temperature=0.1, learn_temperature=True, symmetric=True, chunk_size=8,
+                max_query_length=24, max_doc_length=32, pack=True, matryoshka_dims=(32, 8),
+                query_prompt="q: ", doc_prompt="d: ", export=False),
+            checkpoint=CheckpointConfig(every_steps=100, keep=2, async_save=False),
+            workdir=str(tmp_path / workdir), steps=4, log_every=1, eval_every=100,
+            progress=False)
+
+    def run(cfg, stop_at=None):
+        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        return train(cfg, contrastive_task(cfg, mesh)[0], stop_at=stop_at)
+
+    whole = run(config("whole"))
+    assert run(config("split"), stop_at=2)["status"] == "stopped"
+    resumed = run(config("split"))
+    assert resumed["start_step"] == 2
+    for a, b in zip(jax.tree.leaves(whole["state"]["params"]),
+                    jax.tree.leaves(resumed["state"]["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def losses(workdir):
+        rows = [json.loads(x) for x in (tmp_path / workdir / "metrics.jsonl").open()]
+        return {r["step"]: (r["loss"], r["loss_dim8"]) for r in rows if "loss" in r}
+
+    assert losses("split") == losses("whole")
