@@ -6,10 +6,11 @@ as a ratio in one run.
 
 The same `--batches` raw pair batches (the config's batch size, from its training pairs) become
 padded rows (one text per row, each group padded to its length limit) and packed rows
-(`contrastive.pack`: texts end to end in the rows `plan_pack_rows` plans for the data, segment
-ids keeping them apart). Both steps are `jit_train_step` as the trainer builds it, on one
-device. Before timing, the loss of the first batch is computed both ways with the same
-weights (dropout off): it must agree. One warm-up step each (compiles), then every batch once
+(`contrastive.pack`: texts end to end in the rows `plan_pack_rows` plans for the typical batch,
+segment ids keeping them apart; pairs that do not fit wait for the next batch). Both steps are
+`jit_train_step` as the trainer builds it, on one device. Before timing, the loss of the first
+packed batch and of the same pairs padded are computed with the same weights (dropout off):
+they must agree. One warm-up step each (compiles), then every batch once
 per variant per round, alternating the order; tokens/s counts real tokens only.
 """
 
@@ -43,11 +44,13 @@ from jbert.training.state import init_state, state_shardings  # noqa: E402
 from jbert.training.trainer import jit_train_step  # noqa: E402
 
 
-def batches(cfg, sources, tokenizer, n: int, pack_rows) -> list[dict]:
+def batches(cfg, sources, tokenizer, n: int, pack_rows) -> tuple[list[dict], list[dict]]:
+    """(token batches, the raw pair batches they came from)."""
     name, pairs = next(iter(sources.items()))
-    raw = PairBatcher(pairs, cfg.data.batch_size, source=name, seed=cfg.data.seed)
-    tokenized = TokenizedPairs(raw, tokenizer, cfg.contrastive, pack_rows=pack_rows)
-    return [next(tokenized) for _ in range(n)]
+    raw = [next(b) for b in [PairBatcher(pairs, cfg.data.batch_size, source=name,
+                                         seed=cfg.data.seed)] for _ in range(n)]
+    tokenized = TokenizedPairs(iter(raw), tokenizer, cfg.contrastive, pack_rows=pack_rows)
+    return [next(tokenized) for _ in range(n)], raw
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,14 +69,20 @@ def main(argv: list[str] | None = None) -> dict:
     sources = load_sources(cfg, root)
     pack_rows = plan_pack_rows(sources, tokenizer, c, cfg.data.batch_size, 1,
                                seed=cfg.data.seed)
-    data = {"padded": batches(cfg, sources, tokenizer, args.batches, None),
-            "packed": batches(cfg, sources, tokenizer, args.batches, pack_rows)}
+    data, raw = {}, None
+    for name, rows in (("padded", None), ("packed", pack_rows)):
+        data[name], raw = batches(cfg, sources, tokenizer, args.batches, rows)
+    pairs = {k: [int((b["query_mask"].sum(1) > 0).sum()) if k == "padded"
+                 else int((b["query_pair"] >= 0).sum()) for b in v] for k, v in data.items()}
     tokens = {k: [int(sum(b[f"{g}_mask"].sum() for g in ("query", "doc"))) for b in v]
               for k, v in data.items()}
-    assert tokens["padded"] == tokens["packed"], "the packed rows lost tokens"
     positions = {k: sum(b[f"{g}_ids"].size for b in v for g in ("query", "doc"))
                  for k, v in data.items()}
     padding = {k: 1 - sum(tokens[k]) / positions[k] for k in data}
+    # The loss check: the first packed batch against the same pairs padded.
+    first = {key: raw[0][key][:pairs["packed"][0]] for key in ("query", "positive")}
+    check = {"padded": next(TokenizedPairs(iter([first]), tokenizer, c)),
+             "packed": data["packed"][0]}
 
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
     tx = make_optimizer(cfg.optim, cfg.steps)
@@ -81,16 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
     batch_sh = batch_sharding(mesh)
     loss_fn = contrastive_loss_fn(cfg.model, c, mesh)
     params = functional.init_params(cfg.model, jax.random.key(0), HEAD)
-    losses = {k: float(jax.jit(loss_fn)(params, v[0], None)[0]) / cfg.data.batch_size
-              for k, v in data.items()}
+    losses = {k: float(jax.jit(loss_fn)(params, b, None)[0]) / pairs["packed"][0]
+              for k, b in check.items()}
 
     print("command: .venv/bin/python bench/contrastive_packed.py " + " ".join(sys.argv[1:]))
     print(f"machine: {cpu_name()}, jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.config}: {cfg.model.num_hidden_layers} layers x {cfg.model.hidden_size}, "
           f"{cfg.data.batch_size} pairs of <= {c.max_query_length} + <= {c.max_doc_length} "
           f"tokens; packed rows {pack_rows} of {c.max_query_length} / {c.max_doc_length}")
-    print(f"loss of batch 1 (same weights, dropout off): padded {losses['padded']:.6f}, "
-          f"packed {losses['packed']:.6f}")
+    print(f"pairs per step: padded {pairs['padded']}, packed {pairs['packed']} (the rest "
+          "waits for the next batch)")
+    print(f"loss of packed batch 1 and of its pairs padded (same weights, dropout off): "
+          f"packed {losses['packed']:.6f}, padded {losses['padded']:.6f}")
     steps = {}
     for name, batch_list in data.items():
         step = jit_train_step(loss_fn, tx, state_sh, batch_sh)

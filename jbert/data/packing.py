@@ -6,7 +6,8 @@ text and ALiBi only sees distances, so a packed text's embedding is the one it g
 
 `jbert.evaluation.embedder` packs into rows of a few power-of-two lengths; the contrastive stage
 packs each side of a batch into a fixed [R, L] layout (`pack_fixed`), so one compiled step
-serves every batch whatever its lengths.
+serves every batch whatever its lengths (`jbert.tasks.contrastive.TokenizedPairs` decides which
+pairs fit).
 """
 
 from __future__ import annotations
@@ -55,40 +56,24 @@ def best_fit(lengths: Sequence[int], row_length_for: Callable[[int], int]
 @dataclasses.dataclass(frozen=True)
 class PackedRows:
     """One side of a batch in a fixed layout: token ids, segment ids (1..S, 0 on padding) and the
-    slot of each text (`text_slot[i] = r * S + s - 1`), plus the tokens cut to make it fit."""
+    slot of each text (`text_slot[i] = r * S + s - 1`)."""
 
     ids_RL: np.ndarray
     segment_ids_RL: np.ndarray
     text_slot: np.ndarray
-    truncated_tokens: int
 
 
 def pack_fixed(ids: Sequence[Sequence[int]], num_rows: int, length: int, pad_id: int
                ) -> PackedRows:
-    """Texts (token ids with CLS ... SEP, each at most `length`) into `num_rows` rows of `length`.
-
-    When they do not fit, the longest texts are cut (keeping CLS and SEP) to the largest length
-    cap with which they do, and the cut tokens are counted: the layout never changes shape.
-    """
+    """Texts (token ids with CLS ... SEP, each at most `length`) into `num_rows` rows of `length`
+    tokens; texts that do not fit are an error (the caller decides what waits)."""
     if any(len(x) > length for x in ids):
         raise ValueError(f"a text of {max(len(x) for x in ids)} tokens exceeds rows of {length}")
     lengths = [len(x) for x in ids]
     rows = best_fit(lengths, lambda _: length)[0]
-    cap = max(lengths, default=0)
     if len(rows) > num_rows:
-        low, high = 2, cap  # the largest cap that fits: fewer tokens never need more rows
-        while low < high:
-            mid = (low + high + 1) // 2
-            if len(best_fit([min(n, mid) for n in lengths], lambda _: length)[0]) <= num_rows:
-                low = mid
-            else:
-                high = mid - 1
-        cap = low
-        lengths = [min(n, cap) for n in lengths]
-        rows = best_fit(lengths, lambda _: length)[0]
-        if len(rows) > num_rows:
-            raise ValueError(f"{len(ids)} texts do not fit {num_rows} rows of {length} tokens "
-                             f"({texts_per_row(length)} texts a row)")
+        raise ValueError(f"{len(ids)} texts need {len(rows)} rows of {length} tokens "
+                         f"({texts_per_row(length)} texts a row), more than {num_rows}")
     segments = texts_per_row(length)
     ids_RL = np.full((num_rows, length), pad_id, np.int32)
     segment_ids_RL = np.zeros((num_rows, length), np.int32)
@@ -96,10 +81,8 @@ def pack_fixed(ids: Sequence[Sequence[int]], num_rows: int, length: int, pad_id:
     for r, row in enumerate(rows):
         at = 0
         for s, i in enumerate(row, start=1):
-            n = lengths[i]
-            ids_RL[r, at:at + n] = list(ids[i][:n - 1]) + [ids[i][-1]]  # a cut text keeps SEP
-            segment_ids_RL[r, at:at + n] = s
+            ids_RL[r, at:at + lengths[i]] = ids[i]
+            segment_ids_RL[r, at:at + lengths[i]] = s
             text_slot[i] = r * segments + s - 1
-            at += n
-    truncated = sum(len(x) for x in ids) - sum(lengths)
-    return PackedRows(ids_RL, segment_ids_RL, text_slot, truncated)
+            at += lengths[i]
+    return PackedRows(ids_RL, segment_ids_RL, text_slot)

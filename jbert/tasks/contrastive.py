@@ -322,8 +322,11 @@ class TokenizedPairs:
     Padded (default): one text per row, `{group}_ids` / `{group}_mask` [B, L]. Packed
     (`pack_rows` = {group: rows}): each group's texts laid end to end in that many rows of its
     length limit, with `{group}_segment_ids` [R, L] and `{group}_pair` [R, S], the pair id of each
-    slot (-1 empty; hard negatives get ids above every pair's). Pair ids are global: this
-    process's pairs start at `process_index * local pairs`, as its rows sit in the global batch.
+    slot (-1 empty; hard negatives get ids above every pair's). The rows are planned for the
+    typical batch (`plan_pack_rows`): the pairs of a batch that do not fit wait for the next one
+    (first in line there), so a step holds about B pairs, no text is cut, and the waiting pairs
+    are part of the data position (`get_state`), so resume stays exact. Pair ids are unique over
+    the global batch: process p's start at p * (query slots of a process).
     """
 
     def __init__(self, batcher: Iterator[dict], tokenizer: Any, cfg: ContrastiveConfig, *,
@@ -335,51 +338,96 @@ class TokenizedPairs:
         self.pack_rows = pack_rows
         self.process_index, self.process_count = process_index, process_count
         self.pad_id = special_ids(tokenizer).pad
-        self.truncated_tokens = 0  # cut to fit packed rows (see `pack_fixed`), over the run
+        self.waiting: list[dict] = []  # pairs of earlier batches that did not fit (packed)
 
     def __next__(self) -> dict[str, np.ndarray]:
-        from jbert.data.tokenizer import encode_with_specials, tokenize_texts
+        from jbert.data.tokenizer import tokenize_texts
 
         raw = next(self.batcher)
-        out = {}
-        texts = _side_texts(raw, self.cfg)
         if self.pack_rows is None:
-            for key, (batch_texts, length) in texts.items():
+            out = {}
+            for key, (batch_texts, length) in _side_texts(raw, self.cfg).items():
                 arrays = tokenize_texts(self.tokenizer, batch_texts, length, pad_to=length)
                 out[f"{key}_ids"] = arrays["input_ids"]
                 out[f"{key}_mask"] = arrays["attention_mask"]
             return out
-        pairs, negatives = len(raw["query"]), len(texts["neg"][0]) if "neg" in texts else 0
-        first = self.process_index * pairs
-        first_neg = pairs * self.process_count + self.process_index * negatives
-        for key, (batch_texts, length) in texts.items():
-            packed = pack_fixed(encode_with_specials(self.tokenizer, batch_texts, length),
-                                self.pack_rows[key], length, self.pad_id)
-            pair_RS = np.full((self.pack_rows[key], texts_per_row(length)), -1, np.int32)
+        return self._packed(raw)
+
+    def _packed(self, raw: dict) -> dict[str, np.ndarray]:
+        from jbert.data.tokenizer import encode_with_specials
+
+        n_neg = self.cfg.hard_negatives
+        fresh = [{"query": q, "positive": d, "negatives": list(negs[:n_neg])}
+                 for q, d, negs in zip(raw["query"], raw["positive"],
+                                       raw.get("negatives") or [[]] * len(raw["query"]),
+                                       strict=True)]
+        # A waiting pair sharing a text with this batch would be a false negative: it waits on.
+        taken = {t for p in fresh for t in (p["query"], p["positive"], *p["negatives"])}
+        clash = [p for p in self.waiting
+                 if {p["query"], p["positive"], *p["negatives"]} & taken]
+        line = [p for p in self.waiting if p not in clash] + fresh
+        side = _side_texts({"query": [p["query"] for p in line],
+                            "positive": [p["positive"] for p in line],
+                            "negatives": [p["negatives"] for p in line]}, self.cfg)
+        ids = {k: (encode_with_specials(self.tokenizer, t, n), n) for k, (t, n) in side.items()}
+
+        def fits(k: int) -> bool:  # do the first k pairs of the line fit every group's rows?
+            return all(len(best_fit([len(x) for x in ids_[:k * (n_neg if g == "neg" else 1)]],
+                                    lambda _, n=n: n)[0]) <= self.pack_rows[g]
+                       for g, (ids_, n) in ids.items())
+
+        low, high = 0, len(line)  # the longest prefix that fits (at least one pair does)
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        if low == 0:
+            raise ValueError("a single pair does not fit the packed rows "
+                             f"{self.pack_rows}; plan them with plan_pack_rows")
+        self.waiting = clash + line[low:]
+        slots = {g: self.pack_rows[g] * texts_per_row(n) for g, (_, n) in ids.items()}
+        first = self.process_index * slots["query"]
+        first_neg = self.process_count * slots["query"] + self.process_index * slots.get("neg", 0)
+        out = {}
+        for g, (ids_, n) in ids.items():
+            per_pair = n_neg if g == "neg" else 1
+            packed = pack_fixed(ids_[:low * per_pair], self.pack_rows[g], n, self.pad_id)
+            pair_RS = np.full((self.pack_rows[g], texts_per_row(n)), -1, np.int32)
             pair_RS.reshape(-1)[packed.text_slot] = (
-                first_neg if key == "neg" else first) + np.arange(len(batch_texts))
-            out[f"{key}_ids"] = packed.ids_RL
-            out[f"{key}_mask"] = (packed.segment_ids_RL > 0).astype(np.int32)
-            out[f"{key}_segment_ids"] = packed.segment_ids_RL
-            out[f"{key}_pair"] = pair_RS
-            self.truncated_tokens += packed.truncated_tokens
+                first_neg + np.arange(low * per_pair) if g == "neg"
+                else first + np.arange(low))
+            out[f"{g}_ids"] = packed.ids_RL
+            out[f"{g}_mask"] = (packed.segment_ids_RL > 0).astype(np.int32)
+            out[f"{g}_segment_ids"] = packed.segment_ids_RL
+            out[f"{g}_pair"] = pair_RS
         return out
 
     def get_state(self) -> dict:
-        return self.batcher.get_state()
+        if self.pack_rows is None:
+            return self.batcher.get_state()
+        return {"batcher": self.batcher.get_state(), "waiting": list(self.waiting)}
+
+    def set_state(self, state: dict) -> None:
+        if self.pack_rows is None:
+            self.batcher.set_state(state)
+            return
+        if "batcher" not in state:
+            raise ValueError("this data position is of a padded run; resume it with "
+                             "contrastive.pack=false")
+        self.batcher.set_state(state["batcher"])
+        self.waiting = [dict(p) for p in state["waiting"]]
 
 
 def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: ContrastiveConfig,
                    local_pairs: int, row_multiple: int, seed: int = 0, batches: int = 32
                    ) -> dict[str, int]:
-    """Rows per group of a packed batch: the most that `batches` batches of `local_pairs` pairs
-    drawn from each source need, plus 5%, rounded up to `row_multiple`, never more than the
-    padded layout's. A batch that still does not fit has its longest texts cut
-    (`TokenizedPairs.truncated_tokens` counts them)."""
+    """Rows per group of a packed batch: what the typical batch of `local_pairs` pairs drawn
+    from the source with the longest texts needs (the mean over `batches` draws), plus 1%,
+    rounded up to `row_multiple`, never more than the padded layout's. The slack lets pairs
+    that did not fit one batch in the next (`TokenizedPairs`)."""
     from jbert.data.tokenizer import encode_with_specials
 
     rng = np.random.default_rng(seed)
-    needed: dict[str, int] = {}
+    needed: dict[str, float] = {}
     for pairs in sources.values():
         size = min(len(pairs), max(4096, 4 * local_pairs))
         sample = [pairs[i] for i in rng.choice(len(pairs), size, replace=False)]
@@ -387,17 +435,18 @@ def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: Contrast
                "negatives": [p.get("negatives", []) for p in sample]}
         per_text = {k: ([len(x) for x in encode_with_specials(tokenizer, t, n)], n)
                     for k, (t, n) in _side_texts(raw, cfg).items()}
-        for _ in range(batches):
-            chosen = rng.choice(len(sample), min(local_pairs, len(sample)), replace=False)
-            for key, (lengths, limit) in per_text.items():
-                per_pair = len(lengths) // len(sample)  # hard negatives: several per pair
+        for key, (lengths, limit) in per_text.items():
+            per_pair = len(lengths) // len(sample)  # hard negatives: several per pair
+            rows = []
+            for _ in range(batches):
+                chosen = rng.choice(len(sample), min(local_pairs, len(sample)), replace=False)
                 batch = [lengths[i * per_pair + j] for i in chosen for j in range(per_pair)]
-                rows = len(best_fit(batch, lambda _, n=limit: n)[0])
-                needed[key] = max(needed.get(key, 0), rows)
+                rows.append(len(best_fit(batch, lambda _, n=limit: n)[0]))
+            needed[key] = max(needed.get(key, 0.0), float(np.mean(rows)))
     per_pair = {"query": 1, "doc": 1, "neg": cfg.hard_negatives}
     out = {}
     for key, rows in needed.items():
-        rows = -(-int(np.ceil(rows * 1.05)) // row_multiple) * row_multiple
+        rows = -(-int(np.ceil(rows * 1.01)) // row_multiple) * row_multiple
         out[key] = min(rows, local_pairs * per_pair[key])
     return out
 
@@ -473,10 +522,11 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
                     for name, pairs in sources.items()]
         batcher = (batchers[0] if len(batchers) == 1
                    else MultiSourceBatcher(batchers, seed=cfg.data.seed))
+        tokenized = TokenizedPairs(batcher, tokenizer, c, pack_rows=pack_rows,
+                                   process_index=process_index, process_count=process_count)
         if state is not None:
-            batcher.set_state(state)
-        return TokenizedPairs(batcher, tokenizer, c, pack_rows=pack_rows,
-                              process_index=process_index, process_count=process_count)
+            tokenized.set_state(state)
+        return tokenized
 
     def evaluate(params) -> dict[str, float]:
         out = logged_metrics(evaluator(params, linear=False)) if sets else {}
