@@ -10,12 +10,17 @@ What:  InfoNCE over batches of 64 pairs (every query against every positive), sy
 Time:  about 5 minutes for 300 steps of 64 pairs (32 + 128 tokens) on 2 cores.
 Reach: retrieval MRR@10 on the held-out pairs far above the untuned backbone's, logged beside
        BM25's on the same set (see docs/results.md for the figures).
-Arg:   `configs/contrastive_tiny.py:smoke` runs 10 steps.
+Args:  `:smoke` runs 10 steps. `:features` tunes the same backbone with what issue 17 added,
+       all at once: prompts ("query: " / "code: "), Matryoshka sizes 128/64/32, packed batches
+       and LoRA adapters of rank 8 on the frozen MLM backbone (workdir
+       runs/contrastive-tiny-features; the export is the merged model, its card and
+       config_sentence_transformers.json carry the prompts and sizes).
 """
 
 import dataclasses
 
 from configs import pretrain_tiny
+from jbert.model.lora import LoRAConfig
 from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
 from jbert.training.optim import OptimConfig
 
@@ -37,6 +42,13 @@ def get_config(arg: str | None = None) -> TrainConfig:
     )
     if arg == "smoke":
         config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
+    elif arg == "features":
+        config = dataclasses.replace(
+            config, workdir="runs/contrastive-tiny-features", lora=LoRAConfig(rank=8),
+            optim=dataclasses.replace(config.optim, learning_rate=3e-3),
+            contrastive=dataclasses.replace(
+                config.contrastive, query_prompt="query: ", doc_prompt="code: ",
+                matryoshka_dims=(128, 64, 32), pack=True))
     elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: smoke)")
+        raise ValueError(f"unknown argument {arg!r} (known: smoke, features)")
     return config
