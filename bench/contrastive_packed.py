@@ -6,9 +6,9 @@ as a ratio in one run.
 
 The same `--batches` raw pair batches (the config's batch size, from its training pairs) become
 padded rows (one text per row, each group padded to its length limit) and packed rows
-(`contrastive.pack`: texts end to end in the rows `plan_pack_rows` plans for the typical batch,
-segment ids keeping them apart; pairs that do not fit wait for the next batch). Both steps are
-`jit_train_step` as the trainer builds it, on one device. Before timing, the loss of the first
+(`contrastive.pack`: queries and code end to end in the rows `plan_pack_rows` plans for the
+average batch, segment ids keeping them apart; pairs that do not fit wait for the next batch).
+Both steps are `jit_train_step` as the trainer builds it, on one device. Before timing, the loss of the first
 packed batch and of the same pairs padded are computed with the same weights (dropout off):
 they must agree. One warm-up step each (compiles), then every batch once
 per variant per round, alternating the order; tokens/s counts real tokens only.
@@ -33,6 +33,7 @@ from jbert.model import functional  # noqa: E402
 from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
 from jbert.tasks.contrastive import (  # noqa: E402
     HEAD,
+    QUERY,
     TokenizedPairs,
     contrastive_loss_fn,
     load_sources,
@@ -73,10 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, rows in (("padded", None), ("packed", pack_rows)):
         data[name], raw = batches(cfg, sources, tokenizer, args.batches, rows)
     pairs = {k: [int((b["query_mask"].sum(1) > 0).sum()) if k == "padded"
-                 else int((b["query_pair"] >= 0).sum()) for b in v] for k, v in data.items()}
-    tokens = {k: [int(sum(b[f"{g}_mask"].sum() for g in ("query", "doc"))) for b in v]
+                 else int((b["text_role"] == QUERY).sum()) for b in v] for k, v in data.items()}
+    tokens = {k: [int(sum(a.sum() for n, a in b.items() if n.endswith("_mask"))) for b in v]
               for k, v in data.items()}
-    positions = {k: sum(b[f"{g}_ids"].size for b in v for g in ("query", "doc"))
+    positions = {k: sum(a.size for b in v for n, a in b.items() if n.endswith("_mask"))
                  for k, v in data.items()}
     padding = {k: 1 - sum(tokens[k]) / positions[k] for k in data}
     # The loss check: the first packed batch against the same pairs padded.
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {cpu_name()}, jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.config}: {cfg.model.num_hidden_layers} layers x {cfg.model.hidden_size}, "
           f"{cfg.data.batch_size} pairs of <= {c.max_query_length} + <= {c.max_doc_length} "
-          f"tokens; packed rows {pack_rows} of {c.max_query_length} / {c.max_doc_length}")
+          f"tokens; {pack_rows} packed rows of {max(c.max_query_length, c.max_doc_length)} "
+          "tokens (queries and code together)")
     print(f"pairs per step: padded {pairs['padded']}, packed {pairs['packed']} (the rest "
           "waits for the next batch)")
     print(f"loss of packed batch 1 and of its pairs padded (same weights, dropout off): "

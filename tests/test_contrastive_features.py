@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.synthetic import tiny_lora_cli
 from test_contrastive import _assert_trees_close, _config, _grads, _numpy_info_nce, _unit
 
 from jbert.data.packing import pack_fixed, texts_per_row
@@ -15,6 +16,10 @@ from jbert.data.tokenizer import train_tokenizer
 from jbert.model import functional
 from jbert.ops.sharding import batch_sharding, make_mesh
 from jbert.tasks.contrastive import (
+    DOC,
+    EMPTY,
+    NEG,
+    QUERY,
     TokenizedPairs,
     cached_grad_fn,
     info_nce,
@@ -135,12 +140,17 @@ def _padded_and_packed(tokenizer, cfg, pairs, processes=1, multiple=4):
         packed = TokenizedPairs(iter([raw]), tokenizer, cfg, pack_rows=rows, process_index=p,
                                 process_count=processes)
         parts.append(next(packed))
-        k = int((parts[-1]["query_pair"] >= 0).sum())
+        k = int((parts[-1]["text_role"] == QUERY).sum())
         assert len(packed.waiting) == B // processes - k  # the rest waits for the next batch
         for key in taken:
             taken[key] += raw[key][:k]
     padded = next(TokenizedPairs(iter([taken]), tokenizer, cfg))
     return padded, {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}, rows
+
+
+def _size(batch, what):
+    return sum(batch[k].size if what == "positions" else int(batch[k].sum())
+               for k in batch if k.endswith("_mask"))
 
 
 @pytest.mark.parametrize("variant", [
@@ -153,10 +163,8 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tokenizer, variant, pr
     config = _config()
     cfg = ContrastiveConfig(temperature=0.1, max_query_length=48, max_doc_length=256, **variant)
     padded, packed, rows = _padded_and_packed(tokenizer, cfg, _pairs(64), processes)
-    for key in rows:  # the same tokens
-        assert packed[f"{key}_mask"].sum() == padded[f"{key}_mask"].sum()
-    if processes == 1:  # in fewer positions (8 pairs a process leave little to gain)
-        assert packed["doc_ids"].size < 0.6 * padded["doc_ids"].size
+    assert _size(packed, "tokens") == _size(padded, "tokens")  # the same texts
+    assert _size(packed, "positions") < 0.6 * _size(padded, "positions")  # far less padding
     params = functional.init_params(config, jax.random.key(0), "contrastive")
     loss_padded, grads_padded = _grads(cfg, params, padded, None)
     loss_packed, grads_packed = _grads(cfg, params, packed, None)
@@ -171,7 +179,7 @@ def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokeni
                             learn_temperature=True, max_query_length=16, max_doc_length=32,
                             matryoshka_dims=(32, 16))
     padded, packed, rows = _padded_and_packed(tokenizer, cfg, _pairs(64), multiple=2 * 8)
-    assert all(r % 16 == 0 for r in rows.values())
+    assert rows % 16 == 0
     params = functional.init_params(config, jax.random.key(0), "contrastive")
     loss_ref, grads_ref = _grads(cfg, params, padded, None)
     mesh = make_mesh(data=2, fsdp=4)
@@ -182,27 +190,29 @@ def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokeni
 
 
 def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer):
-    """Rows planned for the typical batch: a pair that does not fit waits for the next batch
+    """Rows planned for the average batch: a pair that does not fit waits for the next batch
     (first in line), none is lost or seen twice, padding stays low, and the data position
     (batcher state + waiting pairs) resumes the stream exactly."""
     import json
+
+    from jbert.data.tokenizer import encode_with_specials
 
     cfg = ContrastiveConfig(max_query_length=24, max_doc_length=128, hard_negatives=2,
                             query_prompt="q: ")
     pairs = _pairs(400, seed=1)
     rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B, row_multiple=1)
-    assert set(rows) == {"query", "doc", "neg"}
-    assert all(r <= B * (2 if k == "neg" else 1) for k, r in rows.items())
+    assert rows < B * 4
 
     def stream():
         return TokenizedPairs(PairBatcher(pairs, B, source="s", seed=3), tokenizer, cfg,
                               pack_rows=rows)
 
-    def queries(batch):  # the packed query texts, in slot order
+    def queries(batch):  # the packed query texts
         out = []
-        for r in range(batch["query_ids"].shape[0]):
-            seg = batch["query_segment_ids"][r]
-            out += [tuple(batch["query_ids"][r][seg == s]) for s in range(1, seg.max() + 1)]
+        for r in range(rows):
+            seg, role = batch["text_segment_ids"][r], batch["text_role"][r]
+            out += [tuple(batch["text_ids"][r][seg == s + 1]) for s in range(len(role))
+                    if role[s] == QUERY]
         return out
 
     batches, raw_seen = stream(), PairBatcher(pairs, B, source="s", seed=3)
@@ -211,20 +221,19 @@ def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer)
         batch = next(batches)
         offered += next(raw_seen)["query"]
         seen += queries(batch)
-        for key in rows:
-            assert batch[f"{key}_ids"].shape[0] == rows[key]
-            per = 2 if key == "neg" else 1
-            assert (batch[f"{key}_pair"] >= 0).sum() == per * len(queries(batch))
-            tokens += batch[f"{key}_mask"].sum()
-            positions += batch[f"{key}_mask"].size
+        assert batch["text_ids"].shape[0] == rows
+        n = (batch["text_role"] == QUERY).sum()
+        assert (batch["text_role"] == DOC).sum() == n and (batch["text_role"] == NEG).sum() == 2 * n
+        assert len(np.unique(batch["text_pair"][batch["text_role"] != EMPTY])) == 3 * n
+        tokens += batch["text_mask"].sum()
+        positions += batch["text_mask"].size
     waiting = [p["query"] for p in batches.waiting]
-    from jbert.data.tokenizer import encode_with_specials
     expect = {tuple(x) for x in encode_with_specials(
         tokenizer, [cfg.query_prompt + q for q in offered if q not in waiting], 24)}
     assert len(seen) == len(set(seen)) == len(expect) and set(seen) == expect
     assert len(waiting) < B
     padded_positions = 20 * B * (24 + 128 + 2 * 128)
-    assert 1 - tokens / positions < 0.5 * (1 - tokens / padded_positions)  # 16-pair batches
+    assert 1 - tokens / positions < 0.5 * (1 - tokens / padded_positions)
     state = json.loads(json.dumps(batches.get_state()))
     ahead = [next(batches) for _ in range(3)]
     resumed = stream()
@@ -264,28 +273,17 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
 
     import jbert
     from jbert.evaluation.embedder import Embedder
-    from jbert.hf.save import save_pretrained
-    from jbert.training.cli import parse_training_cli
     from train.contrastive import main
 
     data = make_data_dir(tmp_path / "data")
-    overrides = {"model.vocab_size": 320, "model.hidden_size": 32, "model.num_hidden_layers": 2,
-                 "model.num_attention_heads": 2, "model.intermediate_size": 64,
-                 "data.dir": data, "data.batch_size": 16, "contrastive.chunk_size": 8,
-                 "contrastive.max_query_length": 24, "contrastive.max_doc_length": 32,
-                 "contrastive.query_prompt": "query: ", "contrastive.doc_prompt": "code: ",
-                 "contrastive.matryoshka_dims": "32,16,8", "contrastive.pack": True,
-                 "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}",
-                 "workdir": tmp_path / "run", "progress": False, "steps": 4,
-                 "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "lora.rank": 4}
-    argv = ["--config", "configs/contrastive_tiny.py:smoke"] + [
-        f"--config.{k}={v}" for k, v in overrides.items()]
-    config = parse_training_cli(argv).model
-    base = save_pretrained(tmp_path / "base", config,
-                           functional.init_params(config, jax.random.key(5), "base"))
-    summary = main(argv + [f"--config.init_from={base}"])
+    argv, config, base = tiny_lora_cli(data, tmp_path, **{
+        "contrastive.max_query_length": 24, "contrastive.max_doc_length": 32,
+        "contrastive.query_prompt": "query: ", "contrastive.doc_prompt": "code: ",
+        "contrastive.matryoshka_dims": "32,16,8", "contrastive.pack": True,
+        "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}"})
+    summary = main(argv)
     assert summary["status"] == "done"
-    assert summary["data"]["pack_rows"]["doc"] <= 16
+    assert summary["data"]["pack_rows"] < 2 * 16  # rows of 32 tokens for 16 queries + 16 docs
     final = summary["final_eval"]
     for key in ("retrieval_ndcg@10", "dim16/retrieval_ndcg@10", "dim8/retrieval_ndcg@10",
                 "mine/retrieval_ndcg@10", "mine/bm25_ndcg@10"):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers.synthetic import global_batch, synthetic_task, tiny_config
+from helpers.synthetic import global_batch, synthetic_task, tiny_config, tiny_lora_cli
 from jax.sharding import PartitionSpec
 
 from jbert.errors import ConfigError
@@ -287,23 +287,11 @@ def test_contrastive_lora_with_gradcache_trains_and_exports(base_dir, tmp_path):
     (2, 2, 2) mesh, eval and export of the merged weights."""
     from test_contrastive import make_data_dir
 
-    from jbert.training.cli import parse_training_cli
     from train.contrastive import main
 
-    data = make_data_dir(tmp_path / "data")
-    overrides = {"model.vocab_size": 320, "model.hidden_size": 32, "model.num_hidden_layers": 2,
-                 "model.num_attention_heads": 2, "model.intermediate_size": 64,
-                 "data.dir": data, "data.batch_size": 16, "contrastive.chunk_size": 8,
-                 "contrastive.max_query_length": 16, "contrastive.max_doc_length": 24,
-                 "workdir": tmp_path / "run", "progress": False, "steps": 4,
-                 "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
-                 "lora.rank": 4, "lora.targets": "query,value,mlp_in,mlp_out"}
-    argv = ["--config", "configs/contrastive_tiny.py:smoke"] + [
-        f"--config.{k}={v}" for k, v in overrides.items()]
-    config = parse_training_cli(argv).model
-    base = save_pretrained(tmp_path / "base", config,
-                           functional.init_params(config, jax.random.key(5), "base"))
-    summary = main(argv + [f"--config.init_from={base}"])
+    argv, config, base = tiny_lora_cli(make_data_dir(tmp_path / "data"), tmp_path,
+                                       **{"lora.targets": "query,value,mlp_in,mlp_out"})
+    summary = main(argv)
     assert summary["status"] == "done"
     assert "LoRA rank 4 on query, value, mlp_in, mlp_out" in summary["origin"]
     loaded_config, loaded = load_pretrained(summary["export"], head="base")

@@ -15,7 +15,7 @@ of the gather is a reduce-scatter, so each device receives the gradient of its o
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ HEAD = "contrastive"
 # A learned temperature is kept in [MIN, MAX]: near zero the logits and gradients explode.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.005, 1.0
 # (batch key prefix, which texts) in the order they are embedded.
-GROUPS = (("query", 0), ("doc", 1), ("neg", 2))
+GROUPS = (("query", 0), ("doc", 1), ("neg", 2), ("text", 3))
+# Roles of the slots of packed rows (`text_role`): queries, their positives, hard negatives.
+EMPTY, QUERY, DOC, NEG = 0, 1, 2, 3
 
 
 def temperature(cfg: ContrastiveConfig, params: Any) -> jax.Array:
@@ -88,8 +90,9 @@ def _info_nce_shard(q_bD, qp_b, d_cD, dp_c, n_mD, np_m, tau, *, axes, symmetric,
             rev_cB = jnp.where(qp_B[None, :] >= 0, rev_cB, -jnp.inf)
             rev_pos_cB = (dp_c[:, None] == qp_B[None, :]) & (dp_c >= 0)[:, None]
             rev_pos_c = jnp.sum(jnp.where(rev_pos_cB, rev_cB, 0.0), axis=1)
+            positive_c = jnp.any(rev_pos_cB, axis=1)  # not a hard negative, not empty
             total = 0.5 * (total + jnp.sum(jnp.where(
-                dp_c >= 0, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0)))
+                positive_c, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0)))
         return total, sim_bC, logits_bC
 
     full = q_bD.shape[-1]
@@ -192,14 +195,19 @@ def _key(rng, index):
 
 def _loss_sums(emb: dict[str, jax.Array], batch: Batch, tau, cfg: ContrastiveConfig,
                mesh: Mesh | None) -> dict[str, jax.Array]:
-    """InfoNCE of a batch's embeddings; packed groups ([rows, S, D]) become slots with the
-    batch's pair ids."""
-    packed = "query_pair" in batch
-    flat = {k: e.reshape(-1, e.shape[-1]) for k, e in emb.items()}
-    pair_ids = ({k: batch[f"{k}_pair"].reshape(-1) for k in emb} if packed else None)
-    return info_nce(flat["query"], flat["doc"], flat.get("neg"), tau, symmetric=cfg.symmetric,
-                    mesh=mesh, sizes=loss_sizes(cfg, flat["query"].shape[-1]),
-                    pair_ids=pair_ids)
+    """InfoNCE of a batch's embeddings. Packed rows ([R, S, D] under `text`) are slots: the
+    query slots score against the document and negative slots, matched by pair id."""
+    width = next(iter(emb.values())).shape[-1]
+    sizes = loss_sizes(cfg, width)
+    if "text" not in emb:
+        return info_nce(emb["query"], emb["doc"], emb.get("neg"), tau, symmetric=cfg.symmetric,
+                        mesh=mesh, sizes=sizes)
+    slots_XD = emb["text"].reshape(-1, width)
+    pair_X, role_X = batch["text_pair"].reshape(-1), batch["text_role"].reshape(-1)
+    pair_ids = {"query": jnp.where(role_X == QUERY, pair_X, -1),
+                "doc": jnp.where(role_X >= DOC, pair_X, -1)}
+    return info_nce(slots_XD, slots_XD, None, tau, symmetric=cfg.symmetric, mesh=mesh,
+                    sizes=sizes, pair_ids=pair_ids)
 
 
 def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
@@ -315,22 +323,37 @@ def _side_texts(raw: dict, cfg: ContrastiveConfig) -> dict[str, tuple[list[str],
     return texts
 
 
+def fitting_prefix(counts: Sequence[Sequence[int]], num_rows: int, length: int) -> int:
+    """How many pairs from the front of a line fit `num_rows` packed rows of `length` tokens;
+    `counts[i]` are pair i's texts' token counts (query, document, negatives)."""
+    def fits(k: int) -> bool:
+        return len(best_fit([n for c in counts[:k] for n in c], lambda _: length)[0]) <= num_rows
+
+    low, high = 0, len(counts)
+    while low < high:  # rows needed grow with the prefix: the longest that fits
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
 class TokenizedPairs:
     """Raw pair batches (`PairBatcher` or `MultiSourceBatcher`) -> fixed-shape token arrays,
     prompts prefixed.
 
-    Padded (default): one text per row, `{group}_ids` / `{group}_mask` [B, L]. Packed
-    (`pack_rows` = {group: rows}): each group's texts laid end to end in that many rows of its
-    length limit, with `{group}_segment_ids` [R, L] and `{group}_pair` [R, S], the pair id of each
-    slot (-1 empty; hard negatives get ids above every pair's). The rows are planned for the
-    typical batch (`plan_pack_rows`): the pairs of a batch that do not fit wait for the next one
-    (first in line there), so a step holds about B pairs, no text is cut, and the waiting pairs
-    are part of the data position (`get_state`), so resume stays exact. Pair ids are unique over
-    the global batch: process p's start at p * (query slots of a process).
+    Padded (default): one text per row, `{group}_ids` / `{group}_mask` [B, L] for the groups
+    query, doc (and neg). Packed (`pack_rows` = R): every text of the batch, queries and
+    documents alike, laid end to end in R rows of the longer length limit (`text_ids`,
+    `text_mask`, `text_segment_ids` [R, L]) with each slot's pair id and role (`text_pair`,
+    `text_role` [R, S]: -1 / EMPTY for an empty slot, hard negatives with ids of their own).
+    The rows are planned for the average batch with a little room (`plan_pack_rows`): pairs
+    that do not fit wait for the next batch (first in line there), so no text is cut, a step
+    holds `data.batch_size` pairs on average, and the waiting pairs are part of the data
+    position (`get_state`), so resume stays exact. Pair ids are unique over the global batch:
+    process p's start at p * R * S.
     """
 
     def __init__(self, batcher: Iterator[dict], tokenizer: Any, cfg: ContrastiveConfig, *,
-                 pack_rows: dict[str, int] | None = None, process_index: int = 0,
+                 pack_rows: int | None = None, process_index: int = 0,
                  process_count: int = 1):
         from jbert.data.tokenizer import special_ids
 
@@ -356,7 +379,7 @@ class TokenizedPairs:
     def _packed(self, raw: dict) -> dict[str, np.ndarray]:
         from jbert.data.tokenizer import encode_with_specials
 
-        n_neg = self.cfg.hard_negatives
+        cfg, n_neg = self.cfg, self.cfg.hard_negatives
         fresh = [{"query": q, "positive": d, "negatives": list(negs[:n_neg])}
                  for q, d, negs in zip(raw["query"], raw["positive"],
                                        raw.get("negatives") or [[]] * len(raw["query"]),
@@ -366,40 +389,35 @@ class TokenizedPairs:
         clash = [p for p in self.waiting
                  if {p["query"], p["positive"], *p["negatives"]} & taken]
         line = [p for p in self.waiting if p not in clash] + fresh
-        side = _side_texts({"query": [p["query"] for p in line],
-                            "positive": [p["positive"] for p in line],
-                            "negatives": [p["negatives"] for p in line]}, self.cfg)
-        ids = {k: (encode_with_specials(self.tokenizer, t, n), n) for k, (t, n) in side.items()}
-
-        def fits(k: int) -> bool:  # do the first k pairs of the line fit every group's rows?
-            return all(len(best_fit([len(x) for x in ids_[:k * (n_neg if g == "neg" else 1)]],
-                                    lambda _, n=n: n)[0]) <= self.pack_rows[g]
-                       for g, (ids_, n) in ids.items())
-
-        low, high = 0, len(line)  # the longest prefix that fits (at least one pair does)
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if fits(mid) else (low, mid - 1)
-        if low == 0:
-            raise ValueError("a single pair does not fit the packed rows "
-                             f"{self.pack_rows}; plan them with plan_pack_rows")
-        self.waiting = clash + line[low:]
-        slots = {g: self.pack_rows[g] * texts_per_row(n) for g, (_, n) in ids.items()}
-        first = self.process_index * slots["query"]
-        first_neg = self.process_count * slots["query"] + self.process_index * slots.get("neg", 0)
-        out = {}
-        for g, (ids_, n) in ids.items():
-            per_pair = n_neg if g == "neg" else 1
-            packed = pack_fixed(ids_[:low * per_pair], self.pack_rows[g], n, self.pad_id)
-            pair_RS = np.full((self.pack_rows[g], texts_per_row(n)), -1, np.int32)
-            pair_RS.reshape(-1)[packed.text_slot] = (
-                first_neg + np.arange(low * per_pair) if g == "neg"
-                else first + np.arange(low))
-            out[f"{g}_ids"] = packed.ids_RL
-            out[f"{g}_mask"] = (packed.segment_ids_RL > 0).astype(np.int32)
-            out[f"{g}_segment_ids"] = packed.segment_ids_RL
-            out[f"{g}_pair"] = pair_RS
-        return out
+        # Per pair: its texts with prompts, token ids and roles (query, positive, negatives).
+        texts = [[(QUERY, encode_with_specials(self.tokenizer, [cfg.query_prompt + p["query"]],
+                                               cfg.max_query_length)[0])]
+                 + [(role, ids) for role, ids in zip(
+                     [DOC] + [NEG] * n_neg, encode_with_specials(
+                         self.tokenizer, [cfg.doc_prompt + t for t in
+                                          [p["positive"], *p["negatives"]]],
+                         cfg.max_doc_length), strict=True)]
+                 for p in line]
+        length = packed_length(cfg)
+        k = fitting_prefix([[len(ids) for _, ids in t] for t in texts], self.pack_rows, length)
+        if k == 0:
+            raise ValueError(f"a single pair does not fit {self.pack_rows} packed rows; plan "
+                             "them with plan_pack_rows")
+        self.waiting = clash + line[k:]
+        segments = texts_per_row(length)
+        first = self.process_index * self.pack_rows * segments
+        first_neg = (self.process_count + self.process_index) * self.pack_rows * segments
+        flat = [(role, ids, first + i if role != NEG else first_neg + i * n_neg + j - 2)
+                for i, t in enumerate(texts[:k]) for j, (role, ids) in enumerate(t)]
+        packed = pack_fixed([ids for _, ids, _ in flat], self.pack_rows, length, self.pad_id)
+        pair_RS = np.full((self.pack_rows, segments), -1, np.int32)
+        role_RS = np.full((self.pack_rows, segments), EMPTY, np.int32)
+        pair_RS.reshape(-1)[packed.text_slot] = [pair for _, _, pair in flat]
+        role_RS.reshape(-1)[packed.text_slot] = [role for role, _, _ in flat]
+        return {"text_ids": packed.ids_RL,
+                "text_mask": (packed.segment_ids_RL > 0).astype(np.int32),
+                "text_segment_ids": packed.segment_ids_RL, "text_pair": pair_RS,
+                "text_role": role_RS}
 
     def get_state(self) -> dict:
         if self.pack_rows is None:
@@ -417,38 +435,60 @@ class TokenizedPairs:
         self.waiting = [dict(p) for p in state["waiting"]]
 
 
+def packed_length(cfg: ContrastiveConfig) -> int:
+    """Tokens per packed row: the longer length limit, so any text fits a row alone."""
+    return max(cfg.max_query_length, cfg.max_doc_length)
+
+
+SLACK = 1.02  # packed rows' room over the average batch (see plan_pack_rows)
+
+
 def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: ContrastiveConfig,
                    local_pairs: int, row_multiple: int, seed: int = 0, batches: int = 32
-                   ) -> dict[str, int]:
-    """Rows per group of a packed batch: what the typical batch of `local_pairs` pairs drawn
-    from the source with the longest texts needs (the mean over `batches` draws), plus 1%,
-    rounded up to `row_multiple`, never more than the padded layout's. The slack lets pairs
-    that did not fit one batch in the next (`TokenizedPairs`)."""
+                   ) -> int:
+    """Packed rows per batch: the fewest (the mean need of random batches of `local_pairs`
+    pairs, times a factor from 1.00 up, rounded up to `row_multiple`) that take `SLACK` times
+    `local_pairs` pairs per step on average from a long line of every source (`batches`
+    simulated steps), so that the waiting line of `TokenizedPairs` drains. Never more rows than
+    texts."""
     from jbert.data.tokenizer import encode_with_specials
 
     rng = np.random.default_rng(seed)
-    needed: dict[str, float] = {}
+    length = packed_length(cfg)
+    samples = []  # per source: the token counts of each sampled pair's texts
+    mean_rows = 0.0
     for pairs in sources.values():
         size = min(len(pairs), max(4096, 4 * local_pairs))
         sample = [pairs[i] for i in rng.choice(len(pairs), size, replace=False)]
         raw = {"query": [p["query"] for p in sample], "positive": [p["positive"] for p in sample],
                "negatives": [p.get("negatives", []) for p in sample]}
-        per_text = {k: ([len(x) for x in encode_with_specials(tokenizer, t, n)], n)
-                    for k, (t, n) in _side_texts(raw, cfg).items()}
-        for key, (lengths, limit) in per_text.items():
-            per_pair = len(lengths) // len(sample)  # hard negatives: several per pair
-            rows = []
-            for _ in range(batches):
-                chosen = rng.choice(len(sample), min(local_pairs, len(sample)), replace=False)
-                batch = [lengths[i * per_pair + j] for i in chosen for j in range(per_pair)]
-                rows.append(len(best_fit(batch, lambda _, n=limit: n)[0]))
-            needed[key] = max(needed.get(key, 0.0), float(np.mean(rows)))
-    per_pair = {"query": 1, "doc": 1, "neg": cfg.hard_negatives}
-    out = {}
-    for key, rows in needed.items():
-        rows = -(-int(np.ceil(rows * 1.01)) // row_multiple) * row_multiple
-        out[key] = min(rows, local_pairs * per_pair[key])
-    return out
+        side = {k: [len(x) for x in encode_with_specials(tokenizer, t, n)]
+                for k, (t, n) in _side_texts(raw, cfg).items()}
+        n_neg = cfg.hard_negatives
+        counts = [[side["query"][i], side["doc"][i],
+                   *side.get("neg", [])[i * n_neg:(i + 1) * n_neg]] for i in range(size)]
+        needs = [len(best_fit([n for i in rng.choice(size, min(local_pairs, size), replace=False)
+                               for n in counts[i]], lambda _: length)[0]) for _ in range(8)]
+        mean_rows = max(mean_rows, float(np.mean(needs)))
+        samples.append(counts)
+    most = local_pairs * (2 + cfg.hard_negatives)
+
+    def rows_at(factor: float) -> int:
+        return min(most, -(-int(np.ceil(mean_rows * factor)) // row_multiple) * row_multiple)
+
+    def capacity(rows: int) -> float:
+        """Pairs a step takes when the line is long, on average (the least over sources)."""
+        return min(float(np.mean([
+            fitting_prefix([counts[i] for i in rng.choice(len(counts), min(
+                2 * local_pairs, len(counts)), replace=False)], rows, length)
+            for _ in range(batches)])) for counts in samples)
+
+    # A little more room than a batch needs on average, so the waiting line drains (at exactly
+    # the need it would grow like a random walk).
+    factor = 1.0
+    while rows_at(factor) < most and capacity(rows_at(factor)) < SLACK * local_pairs:
+        factor += 0.01
+    return rows_at(factor)
 
 
 def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:

@@ -88,3 +88,28 @@ def synthetic_task(cfg: TrainConfig, **data_kw) -> Task:
 
 def tiny_model():
     return tiny_config("unused").model
+
+
+def tiny_lora_cli(data, tmp_path, **overrides) -> tuple[list[str], object, object]:
+    """(argv, model config, base export dir) for `train.contrastive` on the tiny recipe's smoke
+    run shrunk to a 2-layer model over `data` on a (2, 2, 2) mesh, GradCache chunks of 8 and
+    LoRA rank 4 on a fresh base exported in the released layout; `overrides` (config keys) add
+    to or replace these."""
+    import jax
+
+    from jbert.hf.save import save_pretrained
+    from jbert.model import functional
+    from jbert.training.cli import parse_training_cli
+
+    keys = {"model.vocab_size": 320, "model.hidden_size": 32, "model.num_hidden_layers": 2,
+            "model.num_attention_heads": 2, "model.intermediate_size": 64,
+            "data.dir": data, "data.batch_size": 16, "contrastive.chunk_size": 8,
+            "contrastive.max_query_length": 16, "contrastive.max_doc_length": 24,
+            "workdir": tmp_path / "run", "progress": False, "steps": 4,
+            "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "lora.rank": 4} | overrides
+    argv = ["--config", "configs/contrastive_tiny.py:smoke"] + [
+        f"--config.{k}={v}" for k, v in keys.items()]
+    config = parse_training_cli(argv).model
+    base = save_pretrained(tmp_path / "base", config,
+                           functional.init_params(config, jax.random.key(5), "base"))
+    return argv + [f"--config.init_from={base}"], config, base
