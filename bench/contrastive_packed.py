@@ -8,10 +8,10 @@ The same `--batches` raw pair batches (the config's batch size, from its trainin
 padded rows (one text per row, each group padded to its length limit) and packed rows
 (`contrastive.pack`: queries and code end to end in the rows `plan_pack_rows` plans for the
 average batch, segment ids keeping them apart; pairs that do not fit wait for the next batch).
-Both steps are `jit_train_step` as the trainer builds it, on one device. Before timing, the loss of the first
-packed batch and of the same pairs padded are computed with the same weights (dropout off):
-they must agree. One warm-up step each (compiles), then every batch once
-per variant per round, alternating the order; tokens/s counts real tokens only.
+Both steps are `jit_train_step` as the trainer builds it, on one device. Before timing, the
+loss of the first packed batch and of the same pairs padded are computed with the same weights
+(dropout off): they must agree. One warm-up step each (compiles), then every batch once per
+variant per round, alternating the order; tokens/s counts real tokens only.
 """
 
 from __future__ import annotations
