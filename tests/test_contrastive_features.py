@@ -283,7 +283,7 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
         "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}"})
     summary = main(argv)
     assert summary["status"] == "done"
-    assert summary["data"]["pack_rows"] < 2 * 16  # rows of 32 tokens for 16 queries + 16 docs
+    assert summary["data"]["pack_rows"] <= 2 * 16  # rows of 32 tokens: 16 queries + 16 docs
     final = summary["final_eval"]
     for key in ("retrieval_ndcg@10", "dim16/retrieval_ndcg@10", "dim8/retrieval_ndcg@10",
                 "mine/retrieval_ndcg@10", "mine/bm25_ndcg@10"):
