@@ -24,7 +24,13 @@ from jbert.tasks.contrastive import (
     summarize,
     temperature,
 )
-from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
+from jbert.training.config import (
+    CheckpointConfig,
+    ContrastiveConfig,
+    DataConfig,
+    MeshConfig,
+    TrainConfig,
+)
 from jbert.training.optim import OptimConfig
 from jbert.training.state import param_shardings
 from jbert.training.step import strided_split
@@ -173,6 +179,8 @@ def test_gradcache_with_dropout_reuses_the_masks():
     def per_chunk_loss(params, rng):
         emb = {}
         for group, index in GROUPS:
+            if f"{group}_ids" not in batch:  # `text`: packed rows, not in this batch
+                continue
             ids, mask = (strided_split(batch[f"{group}_{x}"], chunks, "chunks")
                          for x in ("ids", "mask"))
             parts = [functional.embed(config, params, ids[c], mask[c],
@@ -253,6 +261,20 @@ def make_data_dir(root: Path, n_train=64, n_test=16) -> Path:
     return root
 
 
+def tiny_run_config(data: Path, workdir: Path, *, batch_size=16, steps=4, log_every=2,
+                    dropout=0.0, mesh=None, keep=1, **contrastive) -> TrainConfig:
+    """A 1-layer contrastive run over `make_data_dir`'s data, checkpoints synchronous."""
+    return TrainConfig(
+        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
+                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=dropout),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
+        data=DataConfig(dir=str(data), batch_size=batch_size), mesh=mesh or MeshConfig(),
+        contrastive=ContrastiveConfig(**{"max_query_length": 16, "max_doc_length": 24,
+                                         **contrastive}),
+        checkpoint=CheckpointConfig(every_steps=100, keep=keep, async_save=False),
+        workdir=str(workdir), steps=steps, log_every=log_every, eval_every=100, progress=False)
+
+
 def test_sources_with_the_same_folder_name_are_refused(tmp_path):
     """Sources are known by folder name (batcher state, logs): two `pairs` folders would have
     made one silently replace the other."""
@@ -277,15 +299,8 @@ def test_contrastive_task_trains_through_the_shared_trainer(tmp_path):
     from jbert.training.trainer import train
 
     data = make_data_dir(tmp_path / "data")
-    cfg = TrainConfig(
-        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
-                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.0),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
-        data=DataConfig(dir=str(data), batch_size=16),
-        contrastive=ContrastiveConfig(temperature=0.1, learn_temperature=True, chunk_size=8,
-                                      max_query_length=16, max_doc_length=24),
-        checkpoint=CheckpointConfig(every_steps=100, keep=1, async_save=False),
-        workdir=str(tmp_path / "run"), steps=4, log_every=2, eval_every=100, progress=False)
+    cfg = tiny_run_config(data, tmp_path / "run", temperature=0.1, learn_temperature=True,
+                          chunk_size=8)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     task, facts = contrastive_task(cfg, mesh)
     assert sum(v["queries"] for v in facts["eval_sets"].values()) == 16
@@ -318,16 +333,9 @@ def test_named_eval_sets_and_sizes_are_logged_under_their_names(tmp_path):
     from jbert.training.trainer import train
 
     data = make_data_dir(tmp_path / "data")
-    cfg = TrainConfig(
-        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
-                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.0),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
-        data=DataConfig(dir=str(data), batch_size=8),
-        contrastive=ContrastiveConfig(max_query_length=16, max_doc_length=24,
-                                      query_prompt="query: ", matryoshka_dims=(16,),
-                                      eval_sets=_named_sets(tmp_path)),
-        checkpoint=CheckpointConfig(every_steps=100, keep=1, async_save=False),
-        workdir=str(tmp_path / "run"), steps=2, log_every=1, eval_every=100, progress=False)
+    cfg = tiny_run_config(data, tmp_path / "run", batch_size=8, steps=2, log_every=1,
+                          query_prompt="query: ", matryoshka_dims=(16,),
+                          eval_sets=_named_sets(tmp_path))
     task, facts = contrastive_task(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     assert facts["corpus/eval_sets"] == {"corpus": {"queries": 6, "docs": 6}}
     assert facts["mine/eval_sets"].keys() == {"go", "python"}

@@ -319,30 +319,20 @@ def test_packed_matryoshka_run_with_prompts_resumes_exactly(tmp_path):
     (2, 4) mesh ends with the uninterrupted run's weights and losses."""
     import json
 
-    from test_contrastive import make_data_dir
+    from test_contrastive import make_data_dir, tiny_run_config
 
-    from jbert.model.config import preset
     from jbert.tasks.contrastive import contrastive_task
-    from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
-    from jbert.training.optim import OptimConfig
+    from jbert.training.config import MeshConfig
     from jbert.training.trainer import train
 
     data = make_data_dir(tmp_path / "data")
 
     def config(workdir):
-        return TrainConfig(
-            model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
-                         intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=0.1),
-            optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
-            data=DataConfig(dir=str(data), batch_size=16),
-            mesh=MeshConfig(data=2, fsdp=4),
-            contrastive=ContrastiveConfig(
-                temperature=0.1, learn_temperature=True, symmetric=True, chunk_size=8,
-                max_query_length=24, max_doc_length=32, pack=True, matryoshka_dims=(32, 8),
-                query_prompt="q: ", doc_prompt="d: ", export=False),
-            checkpoint=CheckpointConfig(every_steps=100, keep=2, async_save=False),
-            workdir=str(tmp_path / workdir), steps=4, log_every=1, eval_every=100,
-            progress=False)
+        return tiny_run_config(
+            data, tmp_path / workdir, log_every=1, dropout=0.1, keep=2,
+            mesh=MeshConfig(data=2, fsdp=4), temperature=0.1, learn_temperature=True,
+            symmetric=True, chunk_size=8, max_query_length=24, max_doc_length=32, pack=True,
+            matryoshka_dims=(32, 8), query_prompt="q: ", doc_prompt="d: ", export=False)
 
     def run(cfg, stop_at=None):
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
