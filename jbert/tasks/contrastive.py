@@ -96,14 +96,14 @@ def _info_nce_shard(q_bD, qp_b, d_cD, dp_c, n_mD, np_m, tau, *, axes, symmetric,
         return total, sim_bC, logits_bC
 
     full = q_bD.shape[-1]
+    # Each size once; the full size too, for the statistics (unused parts are dropped by XLA).
+    at_size = {size: loss_sum(size) for size in dict.fromkeys([s for s, _ in sizes] + [full])}
     sums = {"loss_sum": jnp.zeros((), jnp.float32)}
     for size, weight in sizes:
-        total, _, _ = loss_sum(size)
-        sums["loss_sum"] += weight * total
+        sums["loss_sum"] += weight * at_size[size][0]
         if len(sizes) > 1 or size != full:
-            sums[f"loss_dim{size}_sum"] = total
-    # Statistics at the full size (its loss once more when the sizes leave it out: cheap).
-    _, sim_bC, logits_bC = loss_sum(full)
+            sums[f"loss_dim{size}_sum"] = at_size[size][0]
+    _, sim_bC, logits_bC = at_size[full]
     neg_bC = c_valid_C[None, :] & ~pos_bC & q_valid_b[:, None]
     best_b = jnp.argmax(logits_bC, axis=1)
     sums |= {
@@ -323,6 +323,18 @@ def _side_texts(raw: dict, cfg: ContrastiveConfig) -> dict[str, tuple[list[str],
     return texts
 
 
+def _pair_texts(raw: dict, tokenizer: Any, cfg: ContrastiveConfig) -> list[list[tuple[int, list]]]:
+    """Per pair of a raw batch: (role, token ids) of its query, positive and hard negatives,
+    prompts prefixed (`_side_texts`), each group tokenised in one call."""
+    from jbert.data.tokenizer import encode_with_specials
+
+    ids = {k: encode_with_specials(tokenizer, t, n) for k, (t, n) in _side_texts(raw, cfg).items()}
+    n_neg = cfg.hard_negatives
+    return [[(QUERY, ids["query"][i]), (DOC, ids["doc"][i])]
+            + [(NEG, x) for x in ids.get("neg", [])[i * n_neg:(i + 1) * n_neg]]
+            for i in range(len(ids["query"]))]
+
+
 def fitting_prefix(counts: Sequence[Sequence[int]], num_rows: int, length: int) -> int:
     """How many pairs from the front of a line fit `num_rows` packed rows of `length` tokens;
     `counts[i]` are pair i's texts' token counts (query, document, negatives)."""
@@ -377,8 +389,6 @@ class TokenizedPairs:
         return self._packed(raw)
 
     def _packed(self, raw: dict) -> dict[str, np.ndarray]:
-        from jbert.data.tokenizer import encode_with_specials
-
         cfg, n_neg = self.cfg, self.cfg.hard_negatives
         fresh = [{"query": q, "positive": d, "negatives": list(negs[:n_neg])}
                  for q, d, negs in zip(raw["query"], raw["positive"],
@@ -389,15 +399,9 @@ class TokenizedPairs:
         clash = [p for p in self.waiting
                  if {p["query"], p["positive"], *p["negatives"]} & taken]
         line = [p for p in self.waiting if p not in clash] + fresh
-        # Per pair: its texts with prompts, token ids and roles (query, positive, negatives).
-        texts = [[(QUERY, encode_with_specials(self.tokenizer, [cfg.query_prompt + p["query"]],
-                                               cfg.max_query_length)[0])]
-                 + [(role, ids) for role, ids in zip(
-                     [DOC] + [NEG] * n_neg, encode_with_specials(
-                         self.tokenizer, [cfg.doc_prompt + t for t in
-                                          [p["positive"], *p["negatives"]]],
-                         cfg.max_doc_length), strict=True)]
-                 for p in line]
+        texts = _pair_texts({"query": [p["query"] for p in line],
+                             "positive": [p["positive"] for p in line],
+                             "negatives": [p["negatives"] for p in line]}, self.tokenizer, cfg)
         length = packed_length(cfg)
         k = fitting_prefix([[len(ids) for _, ids in t] for t in texts], self.pack_rows, length)
         if k == 0:
@@ -451,7 +455,6 @@ def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: Contrast
     `local_pairs` pairs per step on average from a long line of every source (`batches`
     simulated steps), so that the waiting line of `TokenizedPairs` drains. Never more rows than
     texts."""
-    from jbert.data.tokenizer import encode_with_specials
 
     rng = np.random.default_rng(seed)
     length = packed_length(cfg)
@@ -462,11 +465,7 @@ def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: Contrast
         sample = [pairs[i] for i in rng.choice(len(pairs), size, replace=False)]
         raw = {"query": [p["query"] for p in sample], "positive": [p["positive"] for p in sample],
                "negatives": [p.get("negatives", []) for p in sample]}
-        side = {k: [len(x) for x in encode_with_specials(tokenizer, t, n)]
-                for k, (t, n) in _side_texts(raw, cfg).items()}
-        n_neg = cfg.hard_negatives
-        counts = [[side["query"][i], side["doc"][i],
-                   *side.get("neg", [])[i * n_neg:(i + 1) * n_neg]] for i in range(size)]
+        counts = [[len(ids) for _, ids in t] for t in _pair_texts(raw, tokenizer, cfg)]
         needs = [len(best_fit([n for i in rng.choice(size, min(local_pairs, size), replace=False)
                                for n in counts[i]], lambda _: length)[0]) for _ in range(8)]
         mean_rows = max(mean_rows, float(np.mean(needs)))
