@@ -269,5 +269,4 @@ def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int
     if is_hf_export(path):
         return load_sentence_transformers_settings(path)
     c = run_config(path).contrastive
-    prompts = {k: v for k, v in (("query", c.query_prompt), ("document", c.doc_prompt)) if v}
-    return prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them
+    return c.prompts, tuple(sorted(c.matryoshka_dims, reverse=True))  # as an export lists them

@@ -92,6 +92,12 @@ class ContrastiveConfig:
     pack: bool = False
     eval_sets: str = ""  # "name=path,name=path": BEIR dirs or pairs, each logged as name/...
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The non-empty prompts under their sentence-transformers names ("query", "document")."""
+        return {name: text for name, text in (("query", self.query_prompt),
+                                              ("document", self.doc_prompt)) if text}
+
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"contrastive.temperature={self.temperature}: must be > 0")

@@ -109,16 +109,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     and its `contrastive.matryoshka_dims` are recorded beside them; the model card tells the
     run's recipe, data, hardware, time and evaluation (`run_card`)."""
     config, params, trained_head, step = load_run_params(run_dir, step)
-    contrastive = run_config(run_dir).contrastive
+    cfg = run_config(run_dir)
     if tokenizer is None:
-        candidate = Path(run_config(run_dir).data.dir) / "tokenizer"
+        candidate = Path(cfg.data.dir) / "tokenizer"
         tokenizer = candidate if candidate.is_dir() else None
     if head == "base":  # an MLM head has no pooler: a fresh one, as HF's AutoModel would
         params = functional.transplant_encoder(params, config, "base")
     return save_pretrained(out, config, params, tokenizer=tokenizer,
                            head=head or trained_head, overwrite=overwrite,
                            self_contained=self_contained,
-                           prompts={"query": contrastive.query_prompt,
-                                    "document": contrastive.doc_prompt},
-                           matryoshka_dims=contrastive.matryoshka_dims,
-                           card=run_card(run_dir, run_config(run_dir), trained_head, step))
+                           prompts=cfg.contrastive.prompts,
+                           matryoshka_dims=cfg.contrastive.matryoshka_dims,
+                           card=run_card(run_dir, cfg, trained_head, step))

@@ -52,9 +52,7 @@ def run_card(run_dir: str | Path, cfg: TrainConfig, head: str, step: int) -> Mod
         recipe=_recipe(cfg, summary, head, step),
         data=_contrastive_data(cfg, data) if contrastive else _mlm_data(data),
         evaluation=evaluation, evaluation_note=note, config_json=to_json(cfg),
-        prompts={name: text for name, text in (("query", c.query_prompt),
-                                               ("document", c.doc_prompt)) if text}
-        if contrastive else {},
+        prompts=c.prompts if contrastive else {},
         matryoshka_dims=c.matryoshka_dims if contrastive else ())
 
 
@@ -123,8 +121,7 @@ def _recipe(cfg: TrainConfig, summary: dict[str, Any], head: str, step: int) -> 
             weights = c.matryoshka_weights or (1.0,) * len(c.matryoshka_dims)
             rows.append(("Matryoshka sizes", ", ".join(
                 f"{d} (weight {w:g})" for d, w in zip(c.matryoshka_dims, weights, strict=True))))
-        prompts = [f"{name} {json.dumps(text)}" for name, text in
-                   (("query", c.query_prompt), ("document", c.doc_prompt)) if text]
+        prompts = [f"{name} {json.dumps(text)}" for name, text in c.prompts.items()]
         if prompts:
             rows.append(("prompts", ", ".join(prompts)))
     else:
