@@ -52,6 +52,14 @@ def get_config(arg: str | None = None) -> TrainConfig:
             optim=dataclasses.replace(config.optim, learning_rate=2e-5, warmup_steps=100),
             contrastive=dataclasses.replace(config.contrastive, hard_negatives=15,
                                             chunk_size=32))
+    elif arg == "8k":  # long documents: code files up to 8192 tokens, from the stage-1 export
+        config = dataclasses.replace(
+            config, init_from="runs/contrastive-base-code/export",
+            workdir="runs/contrastive-base-code-8k", steps=2000,
+            data=dataclasses.replace(config.data, batch_size=1024),
+            optim=dataclasses.replace(config.optim, learning_rate=2e-5, warmup_steps=100),
+            contrastive=dataclasses.replace(config.contrastive, max_doc_length=8192,
+                                            chunk_size=32))
     elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: hardneg)")
+        raise ValueError(f"unknown argument {arg!r} (known: hardneg, 8k)")
     return config

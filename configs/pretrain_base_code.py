@@ -14,16 +14,21 @@ Reach: MLM loss near 1.0 (accuracy ~75%) on held-out code, the range BERT-style 
        report; the CPU twin is configs/pretrain_tiny.py.
 """
 
+import dataclasses
+
 from jbert.model.config import preset
 from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
 from jbert.training.optim import OptimConfig
 
 
 def get_config(arg: str | None = None) -> TrainConfig:
-    if arg:
-        raise ValueError(f"takes no argument, got {arg!r}")
-    return TrainConfig(
-        model=preset("base-code", dtype="bfloat16", hidden_dropout_prob=0.1),
+    # The scanned layers keep only the weight matmuls' outputs for the backward pass and
+    # recompute the rest: without it the scan stores every LayerNorm's fp32 intermediates per
+    # layer, 82 GiB per H100 instead of 28 (docs/scaling.md).
+    model = preset("base-code", dtype="bfloat16", hidden_dropout_prob=0.1,
+                   remat="dots_with_no_batch_dims_saveable")
+    config = TrainConfig(
+        model=model,
         optim=OptimConfig(learning_rate=5e-4, warmup_steps=10_000, decay="linear",
                           weight_decay=0.01, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0),
         data=DataConfig(dir="artifacts/data", seq_len=512, batch_size=1024,
@@ -34,3 +39,13 @@ def get_config(arg: str | None = None) -> TrainConfig:
         workdir="runs/pretrain-base-code",
         steps=100_000, log_every=50, eval_every=2000, eval_batches=16,
     )
+    if arg == "8k":  # the long-context stage: 128 rows of 8192 tokens, the same 1M-ish tokens
+        config = dataclasses.replace(
+            config, workdir="runs/pretrain-base-code-8k", steps=10_000, grad_accum=2,
+            init_from="runs/pretrain-base-code",
+            optim=dataclasses.replace(config.optim, learning_rate=1e-4, warmup_steps=500),
+            data=dataclasses.replace(config.data, seq_len=8192, batch_size=128,
+                                     docs_per_chunk=64, max_predictions=2816))
+    elif arg:
+        raise ValueError(f"unknown argument {arg!r} (known: 8k)")
+    return config

@@ -13,6 +13,12 @@ if [ ! -f "$stamp" ]; then
   echo "installing jbert${EXTRAS:+[$EXTRAS]} into .venv (first run only)..."
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+  if [ "$EXTRAS" = test ]; then
+    # XLA:GPU's plugin for the H100 compiles of the tests, in a folder of its own: among the
+    # venv's packages it would make every `import jax` here print CUDA warnings.
+    .venv/bin/python -m pip install -q --upgrade --no-deps --target .venv/jax-gpu-compile \
+      "jax-cuda12-pjrt==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')"
+  fi
   touch "$stamp"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_UPDATE_DOWNLOAD_COUNTS=0

@@ -82,7 +82,7 @@ def test_lse_is_logsumexp_of_reference_scores():
     slopes = jnp.asarray(alibi_slopes(H))
     valid = mask.astype(bool)
     out, lse_BHL = jax.jit(pallas_forward, static_argnums=(6, 7, 8))(
-        q, k, v, slopes, valid, segments, False, BLOCK, True)
+        q, k, v, slopes, valid, segments, False, BLOCK, "interpret")
     positions = jnp.arange(length)
     scores = jnp.einsum("blhk,bmhk->bhlm", q, k) / math.sqrt(K)
     ok = allowed_BLM(valid, segments, segments, positions, positions, False)[:, None]

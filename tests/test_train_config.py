@@ -102,7 +102,7 @@ def test_entry_point_reports_bad_input_in_one_line(args, culprit):
 
 
 @pytest.mark.parametrize("module", ["pretrain", "contrastive", "evaluate", "export",
-                                    "prepare_corpus", "demo"])
+                                    "prepare_corpus", "demo", "compile"])
 def test_every_entry_point_answers_help(module, capsys):
     main = importlib.import_module(f"train.{module}").main
     with pytest.raises(SystemExit) as exit_:
@@ -111,8 +111,9 @@ def test_every_entry_point_answers_help(module, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m train.{module} ")
     assert "-h, --help" in out
-    if module in ("pretrain", "contrastive"):
+    if module in ("pretrain", "contrastive", "compile"):
         assert "--config FILE[:ARG]" in out and "--config.KEY=VALUE" in out
+    if module in ("pretrain", "contrastive"):
         assert "--config FILE --help" in out and "--coordinator HOST:PORT" in out
 
 

@@ -7,8 +7,7 @@
   log-sum-exp (custom VJP), so neither pass holds an L x L array: memory grows linearly in L.
 - `dpa`: `jax.nn.dot_product_attention`, the platform's fused kernel where it has one.
 - `pallas`: the blockwise algorithm as Pallas kernels (`pallas.py`: forward, dk/dv,
-  dq), bias computed in-tile; explicit only, as it has run in interpret mode but not on an
-  accelerator.
+  dq), bias computed in-tile; what `auto` takes on TPU (Mosaic) and GPU (Triton).
 
 Masking is one rule for every path: query i may attend to key j iff key j is real
 (`attention_mask`), both lie in the same packed document (`segment_ids`), and, for causal
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 
 from jbert.ops.alibi import alibi_bias
 from jbert.ops.masks import MASK_VALUE, allowed_BLM, pad_length
+from jbert.ops.sharding import target_platform
 
 
 def _tile_bias_BHLM(slopes_H, key_valid_BM, segment_q_BL, segment_k_BM, positions_q_L,
@@ -221,20 +221,29 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # -- the one entry point --------------------------------------------------------------------
 
 
-def resolve_impl(impl: str, length: int, block_size: int, training_dropout: bool = False) -> str:
-    """Which path `impl="auto"` takes for a sequence length.
+def resolve_impl(impl: str, length: int, block_size: int, training_dropout: bool = False,
+                 platform: str | None = None) -> str:
+    """Which path `impl="auto"` takes for a sequence length on `platform` (default: the one
+    being compiled for, `target_platform()`, so an ahead-of-time compile for a TPU or GPU
+    target takes the path a run there takes).
 
-    Attention-probability dropout exists only on the reference path. Beyond two blocks the
-    blockwise path is both lighter and faster on CPU (docs/attention.md); below, one fused call
-    wins. On GPU the fused call can be cuDNN's.
+    Attention-probability dropout exists only on the reference path. On TPU and GPU the Pallas
+    flash kernels from 128 tokens on: no L x L array in either pass, which makes the paper
+    recipes fit (docs/scaling.md: the reference path at 512 tokens needs ~110 GiB per H100 for
+    the pretraining batch). On CPU, beyond two blocks the blockwise path is both lighter and
+    faster (docs/attention.md); below, one fused call wins.
     """
     if impl != "auto":
         return impl
     if training_dropout:
         return "reference"
-    if length > 2 * block_size:
-        return "blockwise"
-    return "dpa" if jax.default_backend() == "gpu" else "reference"
+    if (platform or target_platform()) in ("tpu", "gpu"):
+        # The kernels' blocks are multiples of the TPU's 128 lanes (other sizes go blockwise),
+        # and a shorter sequence would be padded to one: its L x L scores are small anyway.
+        if length < 128:
+            return "reference"
+        return "pallas" if block_size % 128 == 0 else "blockwise"
+    return "blockwise" if length > 2 * block_size else "reference"
 
 
 def attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array, slopes_H: jax.Array,

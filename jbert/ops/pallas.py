@@ -28,8 +28,9 @@ Layout and the tiling it has to respect:
   three columns would take 4 MiB each at L=8192; if that overflows VMEM, the fix is to score
   that kernel's tiles as k q^T, with per-query values as [1, C] rows.
 
-Verified: interpret mode on CPU (`tests/test_pallas.py`). Not verified: lowering
-through Triton or Mosaic, and speed; no accelerator was available when this was written.
+Verified: interpret mode on CPU (`tests/test_pallas.py`), and lowering and compiling through
+Mosaic (TPU) and Triton (GPU) for targets this machine does not have
+(`tests/test_compile_targets.py`). Not verified: results and speed on an accelerator.
 
 Shape letters as in `attention.py`; C query block, S key block (both `block` long), N the
 number of blocks.
@@ -45,9 +46,25 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jbert.ops.masks import MASK_VALUE, pad_length
+from jbert.ops.sharding import target_platform
 
 # TPU lanes: the sequence blocks must be multiples of this.
 LANES = 128
+# The largest block on GPU: a 128 x 128 fp32 score tile per program fits Triton's registers.
+GPU_BLOCK = 128
+
+
+def _call_options(backend: str) -> dict:
+    """`pallas_call` keywords of a kernel backend: "interpret" (CPU), "mosaic" (TPU) or "triton"
+    (GPU). The kernels index whole-length refs by block, which Triton's pointer loads allow;
+    Mosaic GPU, jax's default GPU backend, would stage those refs in shared memory."""
+    if backend == "interpret":
+        return {"interpret": True}
+    if backend == "triton":
+        from jax.experimental.pallas import triton as pallas_triton
+
+        return {"compiler_params": pallas_triton.CompilerParams(num_warps=4, num_stages=2)}
+    return {}
 
 
 # -- what every kernel computes per tile ----------------------------------------------------
@@ -209,7 +226,7 @@ def _kernel_operands(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids
             key_valid_BL.astype(jnp.int32).reshape(b, n, block))
 
 
-def _forward(operands, causal, block, interpret):
+def _forward(operands, causal, block, backend):
     """The forward kernel on `_kernel_operands`: (out [B, H, L, K], lse [B, H, L, 1])."""
     q_BHLK = operands[1]
     b, h, length, d = q_BHLK.shape
@@ -222,13 +239,13 @@ def _forward(operands, causal, block, interpret):
         out_specs=[_head_spec(length, block, d, True), _head_spec(length, block, 1, True)],
         out_shape=[jax.ShapeDtypeStruct(q_BHLK.shape, q_BHLK.dtype),
                    jax.ShapeDtypeStruct((b, h, length, 1), jnp.float32)],
-        interpret=interpret,
+        **_call_options(backend),
         name="alibi_flash_forward",
     )(*operands)
     return out_BHLK, lse_BHL1
 
 
-def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, interpret):
+def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, backend):
     """The dk/dv and dq kernels: (dq, dk, dv), each [B, H, L, K]."""
     _, q_BHLK, k_BHLK, v_BHLK = operands[:4]
     b, h, length, d = q_BHLK.shape
@@ -245,7 +262,7 @@ def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, interpret)
         out_specs=[_head_spec(length, block, d, True)] * 2,
         out_shape=[jax.ShapeDtypeStruct(k_BHLK.shape, k_BHLK.dtype),
                    jax.ShapeDtypeStruct(v_BHLK.shape, v_BHLK.dtype)],
-        interpret=interpret,
+        **_call_options(backend),
         name="alibi_flash_dkdv",
     )(*all_operands)
     dq_BHLK = pl.pallas_call(
@@ -254,7 +271,7 @@ def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, interpret)
         in_specs=_in_specs(length, block, d, queries_blocked=True),
         out_specs=_head_spec(length, block, d, True),
         out_shape=jax.ShapeDtypeStruct(q_BHLK.shape, q_BHLK.dtype),
-        interpret=interpret,
+        **_call_options(backend),
         name="alibi_flash_dq",
     )(*all_operands)
     return dq_BHLK, dk_BHLK, dv_BHLK
@@ -262,35 +279,36 @@ def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, interpret)
 
 def pallas_forward(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array, slopes_H: jax.Array,
                    key_valid_BL: jax.Array, segment_ids_BL: jax.Array, causal: bool, block: int,
-                   interpret: bool) -> tuple[jax.Array, jax.Array]:
-    """The forward kernel on L a multiple of `block`: out [B, L, H, K], lse [B, H, L]."""
+                   backend: str) -> tuple[jax.Array, jax.Array]:
+    """The forward kernel on L a multiple of `block` with a `backend` of `_call_options`: out
+    [B, L, H, K], lse [B, H, L]."""
     operands = _kernel_operands(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
                                 block)
-    out_BHLK, lse_BHL1 = _forward(operands, causal, block, interpret)
+    out_BHLK, lse_BHL1 = _forward(operands, causal, block, backend)
     return jnp.swapaxes(out_BHLK, 1, 2), lse_BHL1[..., 0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _pallas_flash(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, causal, block,
-                  interpret):
+                  backend):
     out_BLHK, _ = pallas_forward(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
-                                 causal, block, interpret)
+                                 causal, block, backend)
     return out_BLHK
 
 
 def _pallas_flash_fwd(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, causal,
-                      block, interpret):
+                      block, backend):
     operands = _kernel_operands(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL,
                                 block)
-    out_BHLK, lse_BHL1 = _forward(operands, causal, block, interpret)
+    out_BHLK, lse_BHL1 = _forward(operands, causal, block, backend)
     # The operands are saved already transposed, so the backward does not transpose them again.
     return jnp.swapaxes(out_BHLK, 1, 2), (operands, out_BHLK, lse_BHL1)
 
 
-def _pallas_flash_bwd(causal, block, interpret, residuals, dout_BLHK):
+def _pallas_flash_bwd(causal, block, backend, residuals, dout_BLHK):
     operands, out_BHLK, lse_BHL1 = residuals
     grads = _backward(operands, out_BHLK, lse_BHL1, jnp.swapaxes(dout_BLHK, 1, 2), causal, block,
-                      interpret)
+                      backend)
     dq_BLHK, dk_BLHK, dv_BLHK = (jnp.swapaxes(x, 1, 2) for x in grads)
     return dq_BLHK, dk_BLHK, dv_BLHK, None, None, None
 
@@ -305,17 +323,23 @@ def pallas_attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array,
     """Flash attention through the Pallas kernels; same contract as `blockwise_attention`.
 
     `block_size` must be a multiple of 128; sequences shorter than it use one block of L rounded
-    up to 128. `interpret=None` interprets on CPU and compiles elsewhere.
+    up to 128. On GPU the block is at most `GPU_BLOCK` (Triton holds a tile's fp32 scores in
+    registers). `interpret=None` interprets on CPU and compiles elsewhere; the platform is the
+    one being compiled for (`target_platform`: a TPU or GPU target compiled from a CPU host
+    lowers the real kernels).
     """
     if block_size % LANES:
         raise ValueError(f"pallas attention needs block_size a multiple of {LANES}, "
                          f"got {block_size}")
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
+    platform = target_platform()
+    backend = "interpret" if (platform == "cpu" if interpret is None else interpret) else (
+        "triton" if platform == "gpu" else "mosaic")
+    if backend == "triton":
+        block_size = min(block_size, GPU_BLOCK)
     length = q_BLHK.shape[1]
     block = min(block_size, -(-length // LANES) * LANES)
     q_BLHK, k_BLHK, v_BLHK, key_valid_BL, segment_ids_BL = pad_length(
         -(-length // block) * block, q_BLHK, k_BLHK, v_BLHK, key_valid_BL, segment_ids_BL)
     out_BLHK = _pallas_flash(q_BLHK, k_BLHK, v_BLHK, slopes_H.astype(jnp.float32), key_valid_BL,
-                             segment_ids_BL, causal, block, bool(interpret))
+                             segment_ids_BL, causal, block, backend)
     return out_BLHK[:, :length]

@@ -108,6 +108,20 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh))
 
 
+def target_platform() -> str:
+    """The platform the code being traced is compiled for: that of the mesh set with
+    `jax.set_mesh` ("tpu", "gpu", "cpu"), else the default backend's.
+
+    Compiling ahead of time for a TPU slice or a GPU node (`jbert.tasks.aot`) traces under a
+    mesh of that target's devices on a CPU host, so choices that depend on the hardware (the
+    attention path, Pallas' interpret mode and GPU backend) follow the target, not the host.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    platform = getattr(device, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 def with_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """`fn` called with `mesh` set, so that `constrain` sees it while `fn` is traced."""
     @functools.wraps(fn)

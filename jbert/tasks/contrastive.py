@@ -33,6 +33,7 @@ from jbert.model.config import JinaBertConfig
 from jbert.model.heads import l2_normalize
 from jbert.ops.sharding import BATCH_AXES
 from jbert.training.config import ContrastiveConfig, TrainConfig
+from jbert.training.flops import encoder_flops_per_token
 from jbert.training.step import Batch, GradFn, LossFn, strided_split
 
 HEAD = "contrastive"
@@ -513,6 +514,20 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     return sources
 
 
+def contrastive_step_fns(cfg: TrainConfig, mesh: Mesh | None = None
+                         ) -> tuple[LossFn, GradFn | None, float]:
+    """What the trainer's step runs for this config: (loss, GradCache gradient or None,
+    training FLOPs per token). Needs no data: `jbert.tasks.aot` compiles the same step."""
+    c = cfg.contrastive
+    chunks = cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
+    mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
+        2 + c.hard_negatives)
+    recompute = 4 / 3 if c.chunk_size else 1.0  # GradCache runs every forward twice
+    return (contrastive_loss_fn(cfg.model, c, mesh),
+            cached_grad_fn(cfg.model, c, mesh, chunks) if c.chunk_size else None,
+            recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
+
+
 def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, dict]:
     """The contrastive Task (plain or GradCache step, retrieval eval with the BM25 line) and
     facts about its data."""
@@ -520,7 +535,6 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     from jbert.data.tokenizer import load_tokenizer
     from jbert.evaluation.beir import pairs_to_sets
     from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
-    from jbert.training.flops import encoder_flops_per_token
     from jbert.training.trainer import Task
 
     c = cfg.contrastive
@@ -573,14 +587,9 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
             out.update(logged_metrics(ev(params, linear=False), f"{name}/", len(ev.sets) > 1))
         return out
 
-    mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
-        2 + c.hard_negatives)
-    recompute = 4 / 3 if c.chunk_size else 1.0  # GradCache runs every forward twice
-    task = Task(
-        head=HEAD, loss_fn=contrastive_loss_fn(cfg.model, c, mesh), train_data=train_data,
-        evaluate=evaluate, summarize=summarize,
-        grad_fn=cached_grad_fn(cfg.model, c, mesh, chunks) if c.chunk_size else None,
-        flops_per_token=recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
+    loss_fn, grad_fn, flops_per_token = contrastive_step_fns(cfg, mesh)
+    task = Task(head=HEAD, loss_fn=loss_fn, train_data=train_data, evaluate=evaluate,
+                summarize=summarize, grad_fn=grad_fn, flops_per_token=flops_per_token)
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
              "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
     for name, ev in named.items():

@@ -61,6 +61,14 @@ def mlm_loss_fn(config: JinaBertConfig, max_predictions: int | None = None) -> L
     return loss
 
 
+def mlm_flops_per_token(cfg: TrainConfig) -> float:
+    """Training FLOPs per token of the MLM step: the encoder, and the decoder at the
+    `data.max_predictions` positions of each row it projects."""
+    return encoder_flops_per_token(
+        cfg.model, cfg.data.seq_len, decoder_rows=cfg.model.vocab_size,
+        decoder_fraction=(cfg.data.max_predictions or cfg.data.seq_len) / cfg.data.seq_len)
+
+
 def ensure_data(cfg: DataConfig) -> Path:
     """The prepared data directory; built from the running Python's sources when allowed."""
     root = Path(cfg.dir)
@@ -122,10 +130,7 @@ def mlm_task(cfg: TrainConfig, process_count: int = 1) -> tuple[Task, dict]:
     loss_fn = mlm_loss_fn(cfg.model, cfg.data.max_predictions)
     task = Task(head="masked_lm", loss_fn=loss_fn, train_data=train_data,
                 eval_data=eval_data if len(test_docs) else None,
-                flops_per_token=encoder_flops_per_token(
-                    cfg.model, cfg.data.seq_len, decoder_rows=cfg.model.vocab_size,
-                    decoder_fraction=(cfg.data.max_predictions or cfg.data.seq_len)
-                    / cfg.data.seq_len))
+                flops_per_token=mlm_flops_per_token(cfg))
     facts = {"data_dir": str(root), "vocab_size": tokenizer.get_vocab_size(),
              "train_documents": len(train_docs),
              "excluded_heldout_repos": len(held_out_repos), "test_documents": len(test_docs)}

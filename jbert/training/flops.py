@@ -6,19 +6,28 @@ import jax
 
 from jbert.model.config import JinaBertConfig
 
-# Dense bf16 peak FLOP/s per device, for MFU. Unknown kinds (CPUs) report no MFU.
+# Dense bf16 peak FLOP/s per device, for MFU, keyed by (a part of) the `device_kind` the devices
+# report: "TPU v4", "TPU v5 lite" (v5e), "TPU v5" (v5p), "TPU v6 lite" (v6e), "NVIDIA H100 80GB
+# HBM3"... The longest key contained in the kind wins ("TPU v5 lite" over "TPU v5"). Unknown
+# kinds (CPUs) report no MFU.
 PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4": 121e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12,
+    "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H800": 989e12,
+    "A100": 312e12, "L4": 121e12,
 }
+
+
+def peak_flops_for_kind(kind: str) -> float | None:
+    """The dense bf16 peak of a device kind, or None when no key is part of it."""
+    matches = [key for key in PEAK_FLOPS if key.lower() in kind.lower()]
+    return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 def peak_flops_per_device(override: float | None = None) -> float | None:
     if override:
         return override
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+    return peak_flops_for_kind(jax.devices()[0].device_kind)
 
 
 def encoder_flops_per_token(config: JinaBertConfig, seq_len: int, decoder_rows: int = 0,

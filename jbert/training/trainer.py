@@ -46,7 +46,7 @@ from jbert.training.export import init_params_from, lora_base
 from jbert.training.flops import peak_flops_per_device
 from jbert.training.logger import MetricsLogger
 from jbert.training.optim import learning_rate_schedule, make_optimizer
-from jbert.training.state import abstract_with_shardings, init_state, param_shardings
+from jbert.training.state import State, abstract_with_shardings, init_state, param_shardings
 from jbert.training.step import GradFn, LossFn, eval_step, lora_train_step, train_step
 
 
@@ -108,6 +108,22 @@ def jit_train_step(loss_fn: LossFn, tx, state_sh, batch_sh, *, grad_accum: int =
     return jax.jit(functools.partial(lora_train_step, lora_cfg=lora_cfg, **options),
                    in_shardings=(state_sh, batch_sh, base_sh), out_shardings=(state_sh, None),
                    donate_argnums=0)
+
+
+def build_train_step(cfg: TrainConfig, mesh, tx, head: str, loss_fn: LossFn,
+                     grad_fn: GradFn | None = None) -> tuple[Callable, State, Any]:
+    """(jitted step, abstract state with shardings, plain-param shardings): the step `train`
+    runs for `cfg` on `mesh`, unlowered; `jbert.tasks.aot` compiles this same function for
+    hardware this machine does not have. With LoRA the step takes the frozen base third,
+    sharded like plain params."""
+    lora_cfg = cfg.lora if cfg.lora.rank else None
+    abstract = abstract_with_shardings(mesh, cfg.model, head, tx, lora_cfg)
+    plain_sh = param_shardings(mesh, cfg.model, head)
+    step = jit_train_step(
+        loss_fn, tx, jax.tree.map(lambda a: a.sharding, abstract), batch_sharding(mesh),
+        grad_accum=cfg.grad_accum, skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=grad_fn,
+        lora_cfg=lora_cfg, base_sh=plain_sh)
+    return step, abstract, plain_sh
 
 
 def check_batch_layout(cfg: TrainConfig, mesh) -> int:
@@ -223,9 +239,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     tx = make_optimizer(cfg.optim, cfg.steps)
     learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)  # for the logs
     model_config = cfg.model
-    abstract = abstract_with_shardings(mesh, model_config, task.head, tx, lora_cfg)
-    plain_sh = param_shardings(mesh, model_config, task.head)
-    state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+    train_fn, abstract, plain_sh = build_train_step(cfg, mesh, tx, task.head, task.loss_fn,
+                                                    task.grad_fn)
     summarize = task.summarize or default_summary
 
     def make_checkpointer() -> Checkpointer:
@@ -278,18 +293,15 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
 
     batch_sh = batch_sharding(mesh)
     # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
-    step_fn = with_mesh(jit_train_step(
-        task.loss_fn, tx, state_sh, batch_sh, grad_accum=cfg.grad_accum,
-        skip_nonfinite=cfg.on_nonfinite == "skip", grad_fn=task.grad_fn, lora_cfg=lora_cfg,
-        base_sh=plain_sh), mesh)
+    step_fn = with_mesh(train_fn, mesh)
     eval_fn = with_mesh(jax.jit(
         functools.partial(eval_step, loss_fn=task.loss_fn),
         in_shardings=(plain_sh, batch_sh)), mesh)
     meta_extra: dict[str, Any] = {}
     if lora_cfg is not None:
         base = jax.device_put(base, plain_sh)
-        train_fn = step_fn
-        step_fn = lambda state, batch: train_fn(state, batch, base)  # noqa: E731
+        lora_step_fn = step_fn
+        step_fn = lambda state, batch: lora_step_fn(state, batch, base)  # noqa: E731
         merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg), out_shardings=plain_sh)
         meta_extra["lora"] = lora_meta(lora_cfg, base_source,
                                        functional.encoder_params(base))

@@ -1,0 +1,89 @@
+"""Compile a recipe's train step for hardware this machine does not have: does it fit?
+
+  python -m train.compile --config configs/pretrain_base_code.py --target h100x8
+  python -m train.compile --config configs/contrastive_base_code.py:hardneg --target v4-32 \
+      [--stage contrastive] [--config.data.batch_size=512 ...] [--json out.json]
+
+Builds exactly the step `train.pretrain` / `train.contrastive` would run with that config (the
+stage is read from the config file's name, `contrastive*` or else pretrain, unless --stage
+says), compiles it for the target's devices from abstract shapes (nothing is allocated) and
+prints per-device memory against the device's with --headroom kept free, FLOPs per step,
+the step time at --mfu, the attention kernel and the compile time. Exits 1 when the step does
+not fit (on GPU too, where XLA itself only warns). Targets: TPU slices v4-8 ... v5p-128,
+v5e-8 ... v5e-256, v6e-8 ... (need `pip install -e ".[compile]"`: libtpu); GPU nodes h100x8,
+h200x8, a100x8, h100x16 ... (need XLA:GPU's plugin in a folder of its own: the error says how
+to install it; `scripts/env.sh` does it for the test environment).
+Base-code compiles take 1-8 minutes and 2-6 GB of host memory; docs/scaling.md has the table.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    target_name = next((b if a == "--target" else a.split("=", 1)[1]
+                        for a, b in zip(argv, [*argv[1:], ""], strict=True)
+                        if a == "--target" or a.startswith("--target=")), "")
+    if target_name.lower().startswith(("h1", "h2", "a1")):  # a GPU node
+        from jbert.training.gpu_plugin import use_gpu_plugin
+
+        use_gpu_plugin()  # before JAX starts: it looks for XLA:GPU's plugin once
+    from jbert.training.cli import CONFIG_HELP, config_fields, parse_cli, usage_errors
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train.compile", description=__doc__, epilog=CONFIG_HELP,
+        usage="%(prog)s --config FILE[:ARG] --target TARGET [--config.KEY=VALUE ...]",
+        formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--target", required=True, help="v5p-32, v4-32, v5e-16, h100x8, ...")
+    parser.add_argument("--stage", choices=["pretrain", "contrastive"],
+                        help="default: contrastive for configs/contrastive*, else pretrain")
+    parser.add_argument("--headroom", type=float, default=0.10,
+                        help="share of device memory kept free (default 0.10)")
+    parser.add_argument("--mfu", type=float, default=0.40,
+                        help="MFU the step time is estimated at (default 0.40)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    if "-h" in argv or "--help" in argv:
+        text = parser.format_help()
+        rest = [a for a in argv if a not in ("-h", "--help")]
+        if any(a == "--config" or a.startswith("--config=") for a in rest):
+            with usage_errors():
+                config, _ = parse_cli(rest)
+            text += ("\nconfig keys (type = current value), each settable with "
+                     "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
+        print(text, end="")
+        raise SystemExit(0)
+    with usage_errors():
+        config, rest = parse_cli(argv)
+        args = parser.parse_args(rest)
+        if not 0.0 <= args.headroom < 1.0:
+            parser.error(f"--headroom {args.headroom}: must be in [0, 1)")
+        if not 0.0 < args.mfu <= 1.0:
+            parser.error(f"--mfu {args.mfu}: must be in (0, 1]")
+        spec = next(a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1]
+                    for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+        stage = args.stage or ("contrastive" if Path(spec.partition(":")[0]).stem.startswith(
+            "contrastive") else "pretrain")
+
+    import jax
+
+    # Compile-only: the host's CPU runs nothing; no accelerator runtime is started.
+    jax.config.update("jax_platforms", "cpu")
+    from jbert.tasks.aot import compile_report, format_report
+    from jbert.training.targets import target
+
+    with usage_errors(ValueError, ImportError):
+        chosen = target(args.target)
+        report = compile_report(config, chosen, stage, headroom=args.headroom, mfu=args.mfu)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if not report["fits"]:
+        raise SystemExit(1)
+    return report
+
+
+if __name__ == "__main__":
+    main()
