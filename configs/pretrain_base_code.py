@@ -3,13 +3,21 @@
 Run:   python -m train.prepare_corpus --out artifacts/data --fetched data/sources
        python -m train.pretrain --config configs/pretrain_base_code.py \
            [--coordinator HOST:PORT --num_processes N --process_id I]
-Where: GPUs or TPUs: 8 x H100 (mesh data=8) or a TPU v4-32; a CPU cannot run it (one step of
-       8 x 512 tokens takes ~30 s on 2 cores, see docs/benchmarks.md).
+Where: GPUs or TPUs: 8 x H100 (mesh data=8) or a TPU v5p-32 / v4-32 (16 devices); a CPU cannot
+       run it (one step of 8 x 512 tokens takes ~30 s on 2 cores, see docs/benchmarks.md).
+       Compiled (`python -m train.compile --config configs/pretrain_base_code.py --target
+       h100x8`, docs/scaling.md): peak 28.0 GiB per H100 of 80, 24.2 GiB per v5p chip of 95,
+       24.0 GiB per v4 chip of 32, with the layers keeping only their matmul outputs for the
+       backward pass (110 GiB per H100 as first written).
 What:  161 M parameters (qk-norm layout, GEGLU, vocab 61056), 30% whole-word masking, 80/10/10,
        512-token packed rows, AdamW (b2 0.98, wd 0.01 off biases and norms), 10k warmup steps,
-       linear decay, clipping at 1.0, bf16 compute with fp32 weights.
-Time:  1024 x 512 tokens per step, 100k steps = 52 B tokens x 0.85 GFLOP/token = 4.5e19 FLOP:
-       about 3.5 hours on 8 x H100 at 45% MFU.
+       linear decay, clipping at 1.0, bf16 compute with fp32 weights, Pallas flash attention.
+Time:  1024 x 512 tokens per step x 0.86 GFLOP/token = 4.5e14 FLOP: an estimated 0.14 s a step
+       on 8 x H100 at 40% MFU (0.15 s on v5p-32, 0.26 s on v4-32), so 100k steps (52 B tokens)
+       in about 4 hours on 8 x H100.
+Arg:   `:8k` the long-context stage from this run: 128 rows of 8192 tokens (1M tokens a step),
+       10k steps; 50.0 GiB per H100 compiled (TPU v5p-32: see docs/scaling.md), an estimated
+       0.56 s a step on 8 x H100 at 40% MFU, 1.6 hours.
 Reach: MLM loss near 1.0 (accuracy ~75%) on held-out code, the range BERT-style code models
        report; the CPU twin is configs/pretrain_tiny.py.
 """
@@ -39,9 +47,9 @@ def get_config(arg: str | None = None) -> TrainConfig:
         workdir="runs/pretrain-base-code",
         steps=100_000, log_every=50, eval_every=2000, eval_batches=16,
     )
-    if arg == "8k":  # the long-context stage: 128 rows of 8192 tokens, the same 1M-ish tokens
+    if arg == "8k":  # the long-context stage: 128 rows of 8192 tokens (1M tokens a step)
         config = dataclasses.replace(
-            config, workdir="runs/pretrain-base-code-8k", steps=10_000, grad_accum=2,
+            config, workdir="runs/pretrain-base-code-8k", steps=10_000,
             init_from="runs/pretrain-base-code",
             optim=dataclasses.replace(config.optim, learning_rate=1e-4, warmup_steps=500),
             data=dataclasses.replace(config.data, seq_len=8192, batch_size=128,

@@ -63,8 +63,11 @@ def test_peak_flops_match_the_kinds_devices_report():
 
 @needs_tpu
 def test_tpu_topology_devices_report_the_kinds_of_real_ones():
-    kinds = {name: target(name).devices()[0].device_kind for name in ("v4-8", "v5p-8", "v5e-8")}
-    assert kinds == {"v4-8": "TPU v4", "v5p-8": "TPU v5", "v5e-8": "TPU v5 lite"}
+    names = ("v4-8", "v5p-8", "v5e-8", "v6e-8")
+    kinds = {name: target(name).devices()[0].device_kind for name in names}
+    assert kinds == {"v4-8": "TPU v4", "v5p-8": "TPU v5", "v5e-8": "TPU v5 lite",
+                     "v6e-8": "TPU v6 lite"}
+    assert [len(target(name).devices()) for name in names] == [4, 4, 8, 8]
     for kind in kinds.values():
         assert peak_flops_for_kind(kind) is not None
 
@@ -81,21 +84,21 @@ def test_auto_attention_resolves_for_the_target_not_the_host():
         assert resolve_impl("auto", 64, 512) == "reference"  # queries: shorter than a block
 
 
-def _pallas_compiles(devices):
+def _pallas_compiles(devices, length=384, block=128):
     mesh = Mesh(np.array(devices[:1]), ("data",))
     whole = NamedSharding(mesh, PartitionSpec())
-    qkv = jax.ShapeDtypeStruct((2, 384, 4, 64), jnp.bfloat16, sharding=whole)
+    qkv = jax.ShapeDtypeStruct((2, length, 4, 64), jnp.bfloat16, sharding=whole)
     slopes = jax.ShapeDtypeStruct((4,), jnp.float32, sharding=whole)
-    rows = jax.ShapeDtypeStruct((2, 384), jnp.int32, sharding=whole)
+    rows = jax.ShapeDtypeStruct((2, length), jnp.int32, sharding=whole)
 
     def loss(q, k, v, slopes, valid, segments):
-        out = pallas_attention(q, k, v, slopes, valid, segments, block_size=128)
+        out = pallas_attention(q, k, v, slopes, valid, segments, block_size=block)
         return out.astype(jnp.float32).sum()
 
     grad = jax.grad(loss, argnums=(0, 1, 2))
     with jax.set_mesh(mesh):
         forward = jax.jit(pallas_attention, static_argnames="block_size").lower(
-            qkv, qkv, qkv, slopes, rows, rows, block_size=128)
+            qkv, qkv, qkv, slopes, rows, rows, block_size=block)
         backward = jax.jit(grad).lower(qkv, qkv, qkv, slopes, rows, rows)
     texts = [forward.as_text(), backward.as_text()]
     for lowered in (forward, backward):
@@ -108,6 +111,13 @@ def test_pallas_kernels_compile_for_a_tpu():
     forward, backward = _pallas_compiles(target(TPU).devices())
     assert "tpu_custom_call" in forward  # Mosaic kernels, not the interpreter
     assert backward.count("tpu_custom_call") >= 3  # forward, dk/dv and dq
+
+
+@needs_tpu
+def test_pallas_kernels_fit_vmem_at_8192_tokens_on_a_tpu():
+    # Each program holds its head's whole other side; with per-query values as [L, 1] columns
+    # (padded to 128 lanes) the dk/dv kernel needed 25 MiB of 16 MiB of scoped VMEM here.
+    _pallas_compiles(target(TPU).devices(), length=8192, block=512)
 
 
 @needs_gpu_plugin
@@ -127,6 +137,7 @@ def _check(report, platform):
     for path in report["attention"].values():  # the kernels from 128 tokens on
         kernel, length = path.split(" @ ")
         assert kernel == ("pallas" if int(length) >= 128 else "reference")
+    assert report["pallas_kernels"] == list(aot.PALLAS_KERNELS)  # forward and backward
     json.dumps(report)  # what --json writes
     assert aot.format_report(report).splitlines()[-1].startswith("fits:")
 
@@ -175,13 +186,13 @@ def _oversized(config):
 @needs_gpu_plugin
 @pytest.mark.slow
 def test_an_oversized_step_does_not_fit_on_gpu_and_the_command_says_by_how_much(capsys):
-    from train.compile import main
+    from train.compile import NO_FIT, main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", "configs/pretrain_tiny.py", "--target", GPU,
               "--config.model.attention_impl=reference", "--config.data.batch_size=4096",
               "--config.data.seq_len=2048"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == NO_FIT
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("does not fit:") and "GiB over the 72.00 GiB budget" in last
 
@@ -208,3 +219,19 @@ def test_bad_mesh_or_batch_for_a_target_names_the_key(monkeypatch):
     with pytest.raises(ConfigError, match="mesh.fsdp=3"):
         aot.compile_report(dataclasses.replace(config, mesh=dataclasses.replace(
             config.mesh, fsdp=3)), fake, "pretrain")
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--target", "v9-8"], "--target v9-8: unknown"),
+    (["--target", "v5p-33"], "no v5p slice of 33 cores"),
+    (["--target", "h100x8", "--headroom", "1.5"], "--headroom 1.5 must be in [0, 1)"),
+    (["--target", "h100x8", "--config.mesh.fsdp=3"], "mesh.fsdp=3"),
+])
+def test_bad_targets_and_flags_are_one_line(args, culprit, capsys):
+    from train.compile import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", "configs/pretrain_tiny.py", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and culprit in err and err.count("\n") == 1, err

@@ -8,12 +8,13 @@ Builds exactly the step `train.pretrain` / `train.contrastive` would run with th
 stage is read from the config file's name, `contrastive*` or else pretrain, unless --stage
 says), compiles it for the target's devices from abstract shapes (nothing is allocated) and
 prints per-device memory against the device's with --headroom kept free, FLOPs per step,
-the step time at --mfu, the attention kernel and the compile time. Exits 1 when the step does
-not fit (on GPU too, where XLA itself only warns). Targets: TPU slices v4-8 ... v5p-128,
-v5e-8 ... v5e-256, v6e-8 ... (need `pip install -e ".[compile]"`: libtpu); GPU nodes h100x8,
-h200x8, a100x8, h100x16 ... (need XLA:GPU's plugin in a folder of its own: the error says how
-to install it; `scripts/env.sh` does it for the test environment).
-Base-code compiles take 1-8 minutes and 2-6 GB of host memory; docs/scaling.md has the table.
+the step time at --mfu, the attention kernel and the compile time. Exits 3 when the step does
+not fit (on GPU too, where XLA itself only warns), 2 on bad input. Targets: TPU slices v4-8 ...
+v5p-128, v5e-8 ... v5e-256, v6e-8 ... (need `pip install -e ".[compile]"`: libtpu); GPU nodes
+h100x8, h200x8, a100x8, h100x16 ... (need XLA:GPU's plugin in a folder of its own: the error
+says how to install it; `scripts/env.sh` does it for the test environment).
+A base-code compile takes 20 s to 4 minutes and 1-4 GB of host memory on 2 CPU cores;
+docs/scaling.md has the recipes' table.
 """
 
 import argparse
@@ -21,17 +22,16 @@ import json
 import sys
 from pathlib import Path
 
+NO_FIT = 3  # the exit status of a step that compiled but does not fit (2: bad input)
+
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    target_name = next((b if a == "--target" else a.split("=", 1)[1]
-                        for a, b in zip(argv, [*argv[1:], ""], strict=True)
-                        if a == "--target" or a.startswith("--target=")), "")
-    if target_name.lower().startswith(("h1", "h2", "a1")):  # a GPU node
-        from jbert.training.gpu_plugin import use_gpu_plugin
+    from jbert.training.gpu_plugin import use_gpu_plugin_if_targeted
 
-        use_gpu_plugin()  # before JAX starts: it looks for XLA:GPU's plugin once
-    from jbert.training.cli import CONFIG_HELP, config_fields, parse_cli, usage_errors
+    use_gpu_plugin_if_targeted(argv)  # JAX looks for XLA:GPU's plugin once, when it starts
+    from jbert.errors import InputError
+    from jbert.training.cli import CONFIG_HELP, help_and_exit, parse_cli, usage_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m train.compile", description=__doc__, epilog=CONFIG_HELP,
@@ -45,43 +45,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mfu", type=float, default=0.40,
                         help="MFU the step time is estimated at (default 0.40)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    if "-h" in argv or "--help" in argv:
-        text = parser.format_help()
-        rest = [a for a in argv if a not in ("-h", "--help")]
-        if any(a == "--config" or a.startswith("--config=") for a in rest):
-            with usage_errors():
-                config, _ = parse_cli(rest)
-            text += ("\nconfig keys (type = current value), each settable with "
-                     "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
-        print(text, end="")
-        raise SystemExit(0)
     with usage_errors():
+        help_and_exit(parser, argv)
         config, rest = parse_cli(argv)
         args = parser.parse_args(rest)
-        if not 0.0 <= args.headroom < 1.0:
-            parser.error(f"--headroom {args.headroom}: must be in [0, 1)")
-        if not 0.0 < args.mfu <= 1.0:
-            parser.error(f"--mfu {args.mfu}: must be in (0, 1]")
-        spec = next(a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1]
-                    for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
-        stage = args.stage or ("contrastive" if Path(spec.partition(":")[0]).stem.startswith(
-            "contrastive") else "pretrain")
+        if not (0.0 <= args.headroom < 1.0 and 0.0 < args.mfu <= 1.0):
+            raise InputError(f"--headroom {args.headroom} must be in [0, 1), --mfu {args.mfu} "
+                             "in (0, 1]")
 
     import jax
 
     # Compile-only: the host's CPU runs nothing; no accelerator runtime is started.
     jax.config.update("jax_platforms", "cpu")
-    from jbert.tasks.aot import compile_report, format_report
+    from jbert.tasks.aot import compile_report, default_stage, format_report
     from jbert.training.targets import target
 
+    spec = next(a.partition("=")[2] or b for a, b in zip(argv, [*argv[1:], ""], strict=True)
+                if a == "--config" or a.startswith("--config="))
     with usage_errors(ValueError, ImportError):
-        chosen = target(args.target)
-        report = compile_report(config, chosen, stage, headroom=args.headroom, mfu=args.mfu)
+        report = compile_report(config, target(args.target), args.stage or default_stage(spec),
+                                headroom=args.headroom, mfu=args.mfu)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if not report["fits"]:
-        raise SystemExit(1)
+        raise SystemExit(NO_FIT)
     return report
 
 

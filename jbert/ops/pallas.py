@@ -16,17 +16,19 @@ Layout and the tiling it has to respect:
 - q, k, v, dout are moved to [B, H, L, K] so a block's last two axes are (sequence, head dim):
   TPU blocks need those divisible by (8, 128) or equal to the array's, hence `block` a multiple
   of 128 and K whole. Triton wants power-of-two loads: K must be one (JinaBERT's 64 is).
-- Per-row values are columns [C, 1] (query segment ids, lse, delta) and per-key values rows
-  [1, S] picked from [N, S] (key segment ids, key validity), so no tile needs a transpose of
-  them; the only transposes are of [C, S] tiles before the dk/dv products, as in JAX's own
-  Pallas flash-attention kernels.
+- The forward and dq kernels score tiles as q k^T ([C, S]): per-query values are columns
+  [C, 1] of their block (segment ids, lse, delta) and per-key values rows [1, S] picked from
+  whole [N, S] arrays (segment ids, validity). The dk/dv kernel scores k q^T ([S, C]), the
+  other way round: per-key values are columns of its key block, per-query values rows of
+  whole [N, C] arrays. So no tile is transposed, and no whole-length array is a column.
 - The head's slope is a [1, 1] block of a [H, 1, 1] array, not an SMEM scalar, to stay
   backend-neutral.
 - Each program holds its head's whole other side: k and v in the forward and dq kernels, q,
-  dout, lse, delta and the query segment ids in the dk/dv kernel (2 MiB of q and dout at
-  L=8192, K=64, bf16). On TPU an [L, 1] column is padded to 128 lanes, so the dk/dv kernel's
-  three columns would take 4 MiB each at L=8192; if that overflows VMEM, the fix is to score
-  that kernel's tiles as k q^T, with per-query values as [1, C] rows.
+  dout, lse, delta and the query segment ids in the dk/dv kernel (2 MiB each of q and dout at
+  L=8192, K=64, bf16, padded to 128 lanes). On TPU an [L, 1] column is padded to 128 lanes
+  too (4 MiB at L=8192): with lse, delta and segment ids as columns the dk/dv kernel needed
+  25 MiB of the 16 MiB of scoped VMEM at 8192 tokens (found compiling `:8k` for a v5p), hence
+  its rows.
 
 Verified: interpret mode on CPU (`tests/test_pallas.py`), and lowering and compiling through
 Mosaic (TPU) and Triton (GPU) for targets this machine does not have
@@ -90,6 +92,20 @@ def _tile_scores(q_CK, k_SK, slope_11, seg_q_C1, seg_k_1S, valid_k_1S, q_start, 
     return jnp.where(ok_CS, scores_CS - slope_11 * distance_CS, MASK_VALUE)
 
 
+def _tile_scores_kq(k_SK, q_CK, slope_11, seg_k_S1, valid_k_S1, seg_q_1C, k_start, q_start, *,
+                    causal, scale):
+    """`_tile_scores` transposed: [S, C] scores of k q^T, so per-query values are rows [1, C]
+    and per-key values columns [S, 1] (the dk/dv kernel's layout)."""
+    scores_SC = _dot(k_SK, q_CK, transpose_b=True) * scale
+    positions_k_S1 = k_start + jax.lax.broadcasted_iota(jnp.int32, (k_SK.shape[0], 1), 0)
+    positions_q_1C = q_start + jax.lax.broadcasted_iota(jnp.int32, (1, q_CK.shape[0]), 1)
+    distance_SC = jnp.abs(positions_k_S1 - positions_q_1C).astype(jnp.float32)
+    ok_SC = (valid_k_S1 != 0) & (seg_k_S1 == seg_q_1C)
+    if causal:
+        ok_SC &= positions_k_S1 <= positions_q_1C
+    return jnp.where(ok_SC, scores_SC - slope_11 * distance_SC, MASK_VALUE)
+
+
 def _tile_grads(scores_CS, lse_C1, delta_C1, dout_CK, v_SK, scale):
     """A tile's probabilities (from the saved lse) and the gradient of its unscaled q k^T."""
     probs_CS = jnp.exp(scores_CS - lse_C1)
@@ -139,22 +155,31 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, seg_q_ref, seg_k_ref, valid_
 
 def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, seg_q_ref, seg_k_ref, valid_k_ref, dout_ref,
                  lse_ref, delta_ref, dk_ref, dv_ref, *, causal: bool, block: int, scale: float):
-    """One (batch, head, key block): dk and dv summed over query blocks."""
+    """One (batch, head, key block): dk and dv summed over query blocks.
+
+    Tiles are scored as k q^T ([S, C]): the per-query values this program holds for the whole
+    length (segment ids, lse, delta) are then rows of [N, C] arrays, where as [L, 1] columns
+    TPU would pad each to 128 lanes (4 MiB apiece at L = 8192, over the 16 MiB of scoped VMEM
+    with q and dout); and dv, dk need no transposed tile.
+    """
     j = pl.program_id(2)
     k_SK, v_SK, slope_11 = k_ref[...], v_ref[...], slope_ref[...]
-    seg_k_1S, valid_1S = seg_k_ref[pl.ds(j, 1), :], valid_k_ref[pl.ds(j, 1), :]
+    seg_k_S1, valid_S1 = seg_k_ref[...], valid_k_ref[...]
 
     def query_block(i, carry):
         dk_SK, dv_SK = carry
         start = pl.multiple_of(i * block, block)
         rows = pl.ds(start, block)
         q_CK, dout_CK = q_ref[rows, :], dout_ref[rows, :]
-        scores_CS = _tile_scores(q_CK, k_SK, slope_11, seg_q_ref[rows, :], seg_k_1S, valid_1S,
-                                 start, j * block, causal=causal, scale=scale)
-        probs_CS, dscores_CS = _tile_grads(scores_CS, lse_ref[rows, :], delta_ref[rows, :],
-                                           dout_CK, v_SK, scale)
-        dv_SK += _dot(probs_CS.T.astype(dout_CK.dtype), dout_CK)
-        dk_SK += _dot(dscores_CS.T.astype(q_CK.dtype), q_CK)
+        query = pl.ds(i, 1)
+        scores_SC = _tile_scores_kq(k_SK, q_CK, slope_11, seg_k_S1, valid_S1,
+                                    seg_q_ref[query, :], j * block, start, causal=causal,
+                                    scale=scale)
+        probs_SC = jnp.exp(scores_SC - lse_ref[query, :])
+        dprobs_SC = _dot(v_SK, dout_CK, transpose_b=True)
+        dscores_SC = probs_SC * (dprobs_SC - delta_ref[query, :]) * scale
+        dv_SK += _dot(probs_SC.astype(dout_CK.dtype), dout_CK)
+        dk_SK += _dot(dscores_SC.astype(q_CK.dtype), q_CK)
         return dk_SK, dv_SK
 
     zeros_SK = jnp.zeros(k_SK.shape, jnp.float32)
@@ -196,24 +221,30 @@ def _head_spec(length: int, block: int, cols: int, blocked: bool) -> pl.BlockSpe
     return pl.BlockSpec((None, None, length, cols), lambda b, h, n: (b, h, 0, 0))
 
 
-def _in_specs(length: int, block: int, d: int, queries_blocked: bool) -> list[pl.BlockSpec]:
-    """Specs of (slopes, q, k, v, seg_q, seg_k, valid_k, dout, lse, delta) on (batch, head, block).
-
-    `queries_blocked`: the grid's block is a query block and the keys are whole (forward, dq),
-    or the other way round (dk/dv).
-    """
-    queries, keys = queries_blocked, not queries_blocked
-    if queries_blocked:
-        seg_q = pl.BlockSpec((None, block, 1), lambda b, h, n: (b, n, 0))
-    else:
-        seg_q = pl.BlockSpec((None, length, 1), lambda b, h, n: (b, 0, 0))
+def _in_specs(length: int, block: int, d: int) -> list[pl.BlockSpec]:
+    """Specs of (slopes, q, k, v, seg_q, seg_k, valid_k, dout, lse, delta) on (batch, head, block)
+    for the forward and dq kernels: the grid's block is a query block, the keys are whole."""
+    seg_q = pl.BlockSpec((None, block, 1), lambda b, h, n: (b, n, 0))
     # Key segment ids and validity stay whole ([N, S]); kernels pick their [1, S] rows.
     key_rows = pl.BlockSpec((None, length // block, block), lambda b, h, n: (b, 0, 0))
     return [pl.BlockSpec((None, 1, 1), lambda b, h, n: (h, 0, 0)),
-            _head_spec(length, block, d, queries), _head_spec(length, block, d, keys),
-            _head_spec(length, block, d, keys), seg_q, key_rows, key_rows,
-            _head_spec(length, block, d, queries), _head_spec(length, block, 1, queries),
-            _head_spec(length, block, 1, queries)]
+            _head_spec(length, block, d, True), _head_spec(length, block, d, False),
+            _head_spec(length, block, d, False), seg_q, key_rows, key_rows,
+            _head_spec(length, block, d, True), _head_spec(length, block, 1, True),
+            _head_spec(length, block, 1, True)]
+
+
+def _dkdv_in_specs(length: int, block: int, d: int) -> list[pl.BlockSpec]:
+    """Specs of the dk/dv kernel's operands (`_dkdv_kernel`): the grid's block is a key block
+    (k, v, and the keys' segment ids and validity as [S, 1] columns); the queries are whole,
+    their per-row values as [N, C] rows."""
+    key_column = pl.BlockSpec((None, block, 1), lambda b, h, n: (b, n, 0))
+    query_rows = pl.BlockSpec((None, length // block, block), lambda b, h, n: (b, 0, 0))
+    head_rows = pl.BlockSpec((None, None, length // block, block), lambda b, h, n: (b, h, 0, 0))
+    return [pl.BlockSpec((None, 1, 1), lambda b, h, n: (h, 0, 0)),
+            _head_spec(length, block, d, False), _head_spec(length, block, d, True),
+            _head_spec(length, block, d, True), query_rows, key_column, key_column,
+            _head_spec(length, block, d, False), head_rows, head_rows]
 
 
 def _kernel_operands(q_BLHK, k_BLHK, v_BLHK, slopes_H, key_valid_BL, segment_ids_BL, block):
@@ -235,7 +266,7 @@ def _forward(operands, causal, block, backend):
     out_BHLK, lse_BHL1 = pl.pallas_call(
         kernel,
         grid=(b, h, length // block),
-        in_specs=_in_specs(length, block, d, queries_blocked=True)[:7],
+        in_specs=_in_specs(length, block, d)[:7],
         out_specs=[_head_spec(length, block, d, True), _head_spec(length, block, 1, True)],
         out_shape=[jax.ShapeDtypeStruct(q_BHLK.shape, q_BHLK.dtype),
                    jax.ShapeDtypeStruct((b, h, length, 1), jnp.float32)],
@@ -255,20 +286,25 @@ def _backward(operands, out_BHLK, lse_BHL1, dout_BHLK, causal, block, backend):
     all_operands = (*operands, dout_BHLK, lse_BHL1, delta_BHL1)
     settings = dict(causal=causal, block=block, scale=1.0 / math.sqrt(d))
     grid = (b, h, length // block)
+    n = length // block
+    slopes, _, _, _, seg_column_BL1, seg_rows_BNS, valid_rows_BNS = operands
+    dkdv_operands = (slopes, q_BHLK, k_BHLK, v_BHLK, seg_rows_BNS, seg_column_BL1,
+                     valid_rows_BNS.reshape(b, length, 1), dout_BHLK,
+                     lse_BHL1.reshape(b, h, n, block), delta_BHL1.reshape(b, h, n, block))
     dk_BHLK, dv_BHLK = pl.pallas_call(
         functools.partial(_dkdv_kernel, **settings),
         grid=grid,
-        in_specs=_in_specs(length, block, d, queries_blocked=False),
+        in_specs=_dkdv_in_specs(length, block, d),
         out_specs=[_head_spec(length, block, d, True)] * 2,
         out_shape=[jax.ShapeDtypeStruct(k_BHLK.shape, k_BHLK.dtype),
                    jax.ShapeDtypeStruct(v_BHLK.shape, v_BHLK.dtype)],
         **_call_options(backend),
         name="alibi_flash_dkdv",
-    )(*all_operands)
+    )(*dkdv_operands)
     dq_BHLK = pl.pallas_call(
         functools.partial(_dq_kernel, **settings),
         grid=grid,
-        in_specs=_in_specs(length, block, d, queries_blocked=True),
+        in_specs=_in_specs(length, block, d),
         out_specs=_head_spec(length, block, d, True),
         out_shape=jax.ShapeDtypeStruct(q_BHLK.shape, q_BHLK.dtype),
         **_call_options(backend),

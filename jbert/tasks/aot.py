@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,7 +42,15 @@ from jbert.training.targets import GIB, Target
 from jbert.training.trainer import build_train_step
 
 STAGES = ("pretrain", "contrastive")
+PALLAS_KERNELS = ("alibi_flash_forward", "alibi_flash_dkdv", "alibi_flash_dq")
 GPU_PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default
+
+
+def default_stage(config_spec: str) -> str:
+    """The stage a recipe trains, from its file name: `configs/contrastive*.py[:arg]` is
+    "contrastive", any other "pretrain"."""
+    name = Path(config_spec.partition(":")[0]).stem
+    return "contrastive" if name.startswith("contrastive") else "pretrain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +205,10 @@ def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
     oom = None
     with progress(what), jax.set_mesh(mesh):
         lowered = step.lower(*args)
+        program = lowered.as_text()
+        # What the program really calls, beside what `auto` resolved to.
+        report["pallas_kernels"] = [name for name in PALLAS_KERNELS if name in program]
+        del program
         try:
             compiled = lowered.compile()
         except Exception as e:  # libtpu refuses a program over HBM: report the shortfall
@@ -268,7 +281,8 @@ def format_report(report: dict[str, Any]) -> str:
                                          for k, v in report["batch"].items())),
             ("grad_accum / remat / scan", f"{report['grad_accum']} / {report['remat']} / "
                                           f"{report['scan_layers']}"),
-            ("attention", ", ".join(f"{k}: {v}" for k, v in report["attention"].items()))]
+            ("attention", ", ".join(f"{k}: {v}" for k, v in report["attention"].items())),
+            ("Pallas kernels in the program", ", ".join(report["pallas_kernels"]) or "none")]
     if report["lora_rank"]:
         rows.append(("LoRA rank", str(report["lora_rank"])))
     if report["gradcache_chunk"]:

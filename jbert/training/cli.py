@@ -115,6 +115,21 @@ def check_distributed_flags(coordinator: str | None, num_processes: int | None,
                           f"--num_processes {num_processes}")
 
 
+def help_and_exit(parser: Any, argv: list[str]) -> None:
+    """When `argv` asks for `-h`/`--help`: prints the parser's usage (and, with `--config`, the
+    config's keys with types and current values) and exits 0."""
+    if "-h" not in argv and "--help" not in argv:
+        return
+    text = parser.format_help()
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    if any(a == "--config" or a.startswith("--config=") for a in rest):
+        config, _ = parse_cli(rest)
+        text += ("\nconfig keys (type = current value), each settable with "
+                 "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
+    print(text, end="")
+    raise SystemExit(0)
+
+
 def parse_training_cli(argv: list[str], description: str | None = None,
                        prog: str | None = None) -> TrainConfig:
     """`parse_cli` plus the multi-host flags of the training entry points; starts
@@ -133,15 +148,7 @@ def parse_training_cli(argv: list[str], description: str | None = None,
     parser.add_argument("--num_processes", type=int, metavar="N", help="multi-host: processes")
     parser.add_argument("--process_id", type=int, metavar="I",
                         help="multi-host: this process, 0..N-1")
-    if "-h" in argv or "--help" in argv:
-        text = parser.format_help()
-        rest = [a for a in argv if a not in ("-h", "--help")]
-        if any(a == "--config" or a.startswith("--config=") for a in rest):
-            config, _ = parse_cli(rest)
-            text += ("\nconfig keys (type = current value), each settable with "
-                     "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
-        print(text, end="")
-        raise SystemExit(0)
+    help_and_exit(parser, argv)
     config, rest = parse_cli(argv)
     args = parser.parse_args(rest)
     check_distributed_flags(args.coordinator, args.num_processes, args.process_id)

@@ -46,3 +46,16 @@ def use_gpu_plugin() -> bool:
     if Path(folder).is_dir() and folder not in sys.path:
         sys.path.append(folder)
     return importable(PLUGIN)
+
+
+def use_gpu_plugin_if_targeted(argv: list[str]) -> None:
+    """`use_gpu_plugin()` when a `--target` in a command line names a GPU node (`h100x8`,
+    `a100x8`...); before JAX is imported."""
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        name = value if flag == "--target" else flag.partition("=")[2] if flag.startswith(
+            "--target=") else ""
+        if name.lower().startswith(GPU_MODELS):
+            use_gpu_plugin()
+
+
+GPU_MODELS = ("h100", "h200", "a100")  # jbert.training.targets.GPU_CHIPS
