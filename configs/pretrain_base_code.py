@@ -6,8 +6,8 @@ Run:   python -m train.prepare_corpus --out artifacts/data --fetched data/source
 Where: GPUs or TPUs: 8 x H100 (mesh data=8) or a TPU v5p-32 / v4-32 (16 devices); a CPU cannot
        run it (one step of 8 x 512 tokens takes ~30 s on 2 cores, see docs/benchmarks.md).
        Compiled (`python -m train.compile --config configs/pretrain_base_code.py --target
-       h100x8`, docs/scaling.md): peak 28.0 GiB per H100 of 80, 24.2 GiB per v5p chip of 95,
-       24.0 GiB per v4 chip of 32, with the layers keeping only their matmul outputs for the
+       h100x8`, docs/scaling.md): peak 28.0 GiB per H100 of 80, 23.8 GiB per v5p chip of 95,
+       23.6 GiB per v4 chip of 32, with the layers keeping only their matmul outputs for the
        backward pass (110 GiB per H100 as first written).
 What:  161 M parameters (qk-norm layout, GEGLU, vocab 61056), 30% whole-word masking, 80/10/10,
        512-token packed rows, AdamW (b2 0.98, wd 0.01 off biases and norms), 10k warmup steps,
@@ -16,8 +16,8 @@ Time:  1024 x 512 tokens per step x 0.86 GFLOP/token = 4.5e14 FLOP: an estimated
        on 8 x H100 at 40% MFU (0.15 s on v5p-32, 0.26 s on v4-32), so 100k steps (52 B tokens)
        in about 4 hours on 8 x H100.
 Arg:   `:8k` the long-context stage from this run: 128 rows of 8192 tokens (1M tokens a step),
-       10k steps; 50.0 GiB per H100 compiled (TPU v5p-32: see docs/scaling.md), an estimated
-       0.56 s a step on 8 x H100 at 40% MFU, 1.6 hours.
+       10k steps; compiled 50.0 GiB per H100 (40.6 GiB per v5p-32 chip), an estimated 0.56 s
+       a step on 8 x H100 at 40% MFU (0.60 s on v5p-32), 1.6 hours.
 Reach: MLM loss near 1.0 (accuracy ~75%) on held-out code, the range BERT-style code models
        report; the CPU twin is configs/pretrain_tiny.py.
 """

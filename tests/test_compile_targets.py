@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import contrastive_tiny, pretrain_tiny
-from jbert.ops.attention import resolve_impl
+from jbert.ops.attention import attention, resolve_impl
 from jbert.ops.pallas import pallas_attention
 from jbert.tasks import aot
 from jbert.training import gpu_plugin
@@ -84,6 +84,23 @@ def test_auto_attention_resolves_for_the_target_not_the_host():
         assert resolve_impl("auto", 64, 512) == "reference"  # queries: shorter than a block
 
 
+def _dpa_compiles(devices):
+    """`impl="dpa"` (jax.nn.dot_product_attention, XLA's path) forward and backward."""
+    mesh = Mesh(np.array(devices[:1]), ("data",))
+    whole = NamedSharding(mesh, PartitionSpec())
+    qkv = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16, sharding=whole)
+    slopes = jax.ShapeDtypeStruct((4,), jnp.float32, sharding=whole)
+    rows = jax.ShapeDtypeStruct((2, 256), jnp.int32, sharding=whole)
+
+    def loss(q, k, v, slopes, valid, segments):
+        return attention(q, k, v, slopes, valid, segments, impl="dpa").astype(jnp.float32).sum()
+
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+            qkv, qkv, qkv, slopes, rows, rows).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
 def _pallas_compiles(devices, length=384, block=128):
     mesh = Mesh(np.array(devices[:1]), ("data",))
     whole = NamedSharding(mesh, PartitionSpec())
@@ -107,7 +124,8 @@ def _pallas_compiles(devices, length=384, block=128):
 
 
 @needs_tpu
-def test_pallas_kernels_compile_for_a_tpu():
+def test_pallas_kernels_and_dpa_compile_for_a_tpu():
+    _dpa_compiles(target(TPU).devices())
     forward, backward = _pallas_compiles(target(TPU).devices())
     assert "tpu_custom_call" in forward  # Mosaic kernels, not the interpreter
     assert backward.count("tpu_custom_call") >= 3  # forward, dk/dv and dq
@@ -121,7 +139,8 @@ def test_pallas_kernels_fit_vmem_at_8192_tokens_on_a_tpu():
 
 
 @needs_gpu_plugin
-def test_pallas_kernels_compile_for_an_h100():
+def test_pallas_kernels_and_dpa_compile_for_an_h100():
+    _dpa_compiles(target(GPU).devices())
     forward, backward = _pallas_compiles(target(GPU).devices())
     assert "__gpu$xla.gpu.triton" in forward  # Triton kernels, not the interpreter
     assert backward.count("__gpu$xla.gpu.triton") >= 3
