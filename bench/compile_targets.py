@@ -9,8 +9,8 @@ Each row is `python -m train.compile --config CONFIG --target TARGET --json ...`
 process (a base-code compile holds 1-6 GB of host memory, and libtpu keeps some per process);
 the JSON reports land in `--out` (default `artifacts/compile/`), and the table is printed as
 markdown: per-device peak memory against the device's, fits, the estimated step time and
-tokens/s at 40% MFU, the attention kernel and the compile time. Needs the compile extra
-(`pip install -e ".[compile]"`).
+tokens/s at 40% MFU, the attention kernel and the compile time. Needs the TPU and GPU compilers
+in their folders (docs/scaling.md; `bash scripts/test.sh` installs them).
 """
 
 from __future__ import annotations

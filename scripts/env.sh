@@ -14,10 +14,14 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
   if [ "$EXTRAS" = test ]; then
-    # XLA:GPU's plugin for the H100 compiles of the tests, in a folder of its own: among the
-    # venv's packages it would make every `import jax` here print CUDA warnings.
-    .venv/bin/python -m pip install -q --upgrade --no-deps --target .venv/jax-gpu-compile \
-      "jax-cuda12-pjrt==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')"
+    # The compilers for TPU and GPU targets (tests/test_compile_targets.py), each in a folder of
+    # its own (jbert/training/compile_plugins.py): among the venv's packages they would make
+    # every JAX program here print TPU and CUDA start-up warnings.
+    for platform in tpu gpu; do
+      .venv/bin/python -m pip install -q --upgrade --no-deps \
+        --target ".venv/jax-compile-plugins/$platform" \
+        "$(.venv/bin/python -c "from jbert.training.compile_plugins import package; print(package('$platform'))")"
+    done
   fi
   touch "$stamp"
 fi

@@ -10,11 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
 
-# XLA:GPU's compile plugin, from its own folder (jbert.training.gpu_plugin): the H100 compiles
-# of tests/test_compile_targets.py; JAX looks for plugins once, when it starts.
-from jbert.training.gpu_plugin import use_gpu_plugin  # noqa: E402
+# The compilers for TPU and GPU targets, from their own folders (jbert.training.compile_plugins),
+# for tests/test_compile_targets.py; JAX looks for its backends once, when it starts.
+from jbert.training.compile_plugins import use_compile_plugin  # noqa: E402
 
-use_gpu_plugin()
+use_compile_plugin("tpu")
+use_compile_plugin("gpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -4,7 +4,6 @@ plugin, both installed by the `compile` extra. Tiny models: a base-code compile 
 (docs/scaling.md has those figures)."""
 
 import dataclasses
-import importlib.util
 import json
 
 import jax
@@ -17,16 +16,17 @@ from configs import contrastive_tiny, pretrain_tiny
 from jbert.ops.attention import attention, resolve_impl
 from jbert.ops.pallas import pallas_attention
 from jbert.tasks import aot
-from jbert.training import gpu_plugin
+from jbert.training import compile_plugins
 from jbert.training.flops import PEAK_FLOPS, peak_flops_for_kind
 from jbert.training.targets import KNOWN_TARGETS, target
 
-HAS_TPU = importlib.util.find_spec("libtpu") is not None
-HAS_GPU_PLUGIN = gpu_plugin.importable(gpu_plugin.PLUGIN)  # put on sys.path by conftest.py
-needs_tpu = pytest.mark.skipif(not HAS_TPU, reason="libtpu is not installed (pip install "
-                               "\"jax[tpu]\", the compile extra)")
-needs_gpu_plugin = pytest.mark.skipif(not HAS_GPU_PLUGIN, reason="XLA:GPU's plugin is not "
-                                      f"installed: {gpu_plugin.install_command()}")
+# Put on sys.path by conftest.py, from the folders scripts/env.sh installs them in.
+needs_tpu = pytest.mark.skipif(
+    not compile_plugins.importable(compile_plugins.MODULES["tpu"]),
+    reason=f"libtpu is not installed: {compile_plugins.install_command('tpu')}")
+needs_gpu_plugin = pytest.mark.skipif(
+    not compile_plugins.importable(compile_plugins.MODULES["gpu"]),
+    reason=f"XLA:GPU's plugin is not installed: {compile_plugins.install_command('gpu')}")
 TPU, GPU = "v5p-8", "h100x8"
 
 

@@ -10,9 +10,10 @@ says), compiles it for the target's devices from abstract shapes (nothing is all
 prints per-device memory against the device's with --headroom kept free, FLOPs per step,
 the step time at --mfu, the attention kernel and the compile time. Exits 3 when the step does
 not fit (on GPU too, where XLA itself only warns), 2 on bad input. Targets: TPU slices v4-8 ...
-v5p-128, v5e-8 ... v5e-256, v6e-8 ... (need `pip install -e ".[compile]"`: libtpu); GPU nodes
-h100x8, h200x8, a100x8, h100x16 ... (need XLA:GPU's plugin in a folder of its own: the error
-says how to install it; `scripts/env.sh` does it for the test environment).
+v5p-128, v5e-8 ... v5e-256, v6e-8 ...; GPU nodes h100x8, h200x8, a100x8, h100x16 .... Their
+compilers (libtpu, XLA:GPU's plugin) live in folders of their own, beside the environment's
+packages (jbert/training/compile_plugins.py): the error names the command that installs one,
+and `scripts/env.sh` installs both for the test environment.
 A base-code compile takes 20 s to 4 minutes and 1-4 GB of host memory on 2 CPU cores;
 docs/scaling.md has the recipes' table.
 """
@@ -27,9 +28,11 @@ NO_FIT = 3  # the exit status of a step that compiled but does not fit (2: bad i
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    from jbert.training.gpu_plugin import use_gpu_plugin_if_targeted
+    from jbert.training.compile_plugins import target_platform_in, use_compile_plugin
 
-    use_gpu_plugin_if_targeted(argv)  # JAX looks for XLA:GPU's plugin once, when it starts
+    platform = target_platform_in(argv)
+    if platform:  # before JAX starts: it looks for its backends once
+        use_compile_plugin(platform)
     from jbert.errors import InputError
     from jbert.training.cli import CONFIG_HELP, help_and_exit, parse_cli, usage_errors
 

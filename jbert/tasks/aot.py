@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def _paths(cfg: TrainConfig, lengths: dict[str, int]) -> dict[str, str]:
             for name, length in lengths.items()}
 
 
-def pretrain_step(cfg: TrainConfig, mesh) -> tuple[StepShapes, Any, Any]:
+def pretrain_step(cfg: TrainConfig) -> tuple[StepShapes, Any, Any]:
     """(shapes, loss_fn, grad_fn) of the MLM step."""
     from jbert.tasks.mlm import mlm_flops_per_token, mlm_loss_fn
 
@@ -144,8 +144,7 @@ def _gib(value: str, unit: str) -> float:
 
 
 def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
-                   headroom: float = 0.10, mfu: float = 0.40,
-                   on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   headroom: float = 0.10, mfu: float = 0.40) -> dict[str, Any]:
     """Compiles `cfg`'s train step for `target` and reports memory, fit, FLOPs and time.
 
     `headroom`: the share of each device's memory kept free (fragmentation, the runtime's own
@@ -168,7 +167,7 @@ def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
     tx = make_optimizer(cfg.optim, cfg.steps)
     with jax.set_mesh(mesh):  # the attention path resolves for the target's platform
         if stage == "pretrain":
-            shapes, loss_fn, grad_fn = pretrain_step(cfg, mesh)
+            shapes, loss_fn, grad_fn = pretrain_step(cfg)
             head = "masked_lm"
         else:
             from jbert.tasks.contrastive import HEAD
@@ -200,8 +199,6 @@ def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
         if stage == "contrastive" else 0, "headroom": headroom, "mfu": mfu}
     started = time.perf_counter()
     what = f"compiling the {stage} step for {target.description}"
-    if on_progress:
-        on_progress(what)
     oom = None
     with progress(what), jax.set_mesh(mesh):
         lowered = step.lower(*args)

@@ -5,12 +5,12 @@ A target gives the devices of its topology (`jax.experimental.topologies`: compi
 devices, nothing to allocate) and the per-device figures the report needs: memory, dense bf16
 peak FLOP/s and memory bandwidth, each from the vendor's published specifications.
 
-- TPU slices come from `libtpu` (`pip install "jax[tpu]"`, pinned to jax); the slice name is
-  Cloud TPU's (`v5p-32`: 32 TensorCores, so 16 megacore chips, one JAX device each; `v5e-16`:
-  16 single-core chips).
-- GPU nodes come from XLA:GPU's PJRT plugin (`jax-cuda12-pjrt`, in a folder of its own:
-  `jbert.training.gpu_plugin`) and a `GpuTargetConfigProto` file in `gpu_targets/` that
-  describes one GPU; `h100x8` is one node of 8, `h100x16` two nodes of 8.
+- TPU slices come from libtpu; the slice name is Cloud TPU's (`v5p-32`: 32 TensorCores, so 16
+  megacore chips, one JAX device each; `v5e-16`: 16 single-core chips).
+- GPU nodes come from XLA:GPU's PJRT plugin (`jax-cuda12-pjrt`) and a `GpuTargetConfigProto`
+  file in `gpu_targets/` that describes one GPU; `h100x8` is one node of 8, `h100x16` two
+  nodes of 8.
+Both compilers live in folders of their own (`jbert.training.compile_plugins`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import os
 import re
 from importlib import resources
 
-import jax
-
-from jbert.training import gpu_plugin
+from jbert.training import compile_plugins
 from jbert.training.flops import peak_flops_for_kind
 
 GIB = 1 << 30
@@ -115,7 +113,7 @@ class Target:
         from jax.experimental import topologies
 
         if self.platform == "tpu":
-            _require("libtpu", f'pip install "jax[tpu]=={jax.__version__}"', self.name)
+            _require("tpu", self.name)
             # Compile-only devices open no chip: several processes may load libtpu at once.
             os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
             dims = [int(d) for d in self.topology.split(":")[1].split("x")]
@@ -131,7 +129,7 @@ class Target:
             topology = topologies.get_topology_desc(topology_name=self.topology, platform="tpu",
                                                     **kwargs)
         else:
-            _require(gpu_plugin.PLUGIN, gpu_plugin.install_command(), self.name)
+            _require("gpu", self.name)
             text = resources.files("jbert.training").joinpath("gpu_targets",
                                                               self.gpu_file).read_text()
             topology = topologies.get_topology_desc(platform="cuda", target_config=text,
@@ -143,9 +141,11 @@ class Target:
         return devices
 
 
-def _require(module: str, install: str, target: str) -> None:
-    if not gpu_plugin.importable(module):
-        raise ImportError(f"--target {target} needs `{install}` ({module} is not installed)")
+def _require(platform: str, target: str) -> None:
+    module = compile_plugins.MODULES[platform]
+    if not compile_plugins.importable(module):
+        raise ImportError(f"--target {target} needs {module}: "
+                          f"{compile_plugins.install_command(platform)}")
 
 
 def target(name: str) -> Target:
