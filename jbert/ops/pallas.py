@@ -78,32 +78,24 @@ def _dot(a: jax.Array, b: jax.Array, transpose_b: bool = False) -> jax.Array:
     return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _tile_scores(q_CK, k_SK, slope_11, seg_q_C1, seg_k_1S, valid_k_1S, q_start, k_start, *,
-                 causal, scale):
-    """Scaled scores of one tile plus its ALiBi bias, MASK_VALUE where masked; [C, S] fp32."""
-    scores_CS = _dot(q_CK, k_SK, transpose_b=True) * scale
+def _tile_scores(a_XK, b_YK, slope_11, seg_a_X1, seg_b_1Y, valid_k, a_start, b_start, *,
+                 keys_first, causal, scale):
+    """Scaled scores a b^T of one tile plus its ALiBi bias, MASK_VALUE where masked; [X, Y] fp32.
+
+    q k^T (`keys_first=False`: queries on the rows, the keys' validity a [1, Y] row) in the
+    forward and dq kernels, k q^T (`keys_first=True`: validity an [X, 1] column) in dk/dv.
+    """
+    scores_XY = _dot(a_XK, b_YK, transpose_b=True) * scale
     # 2-D iotas: TPU has no 1-D vectors.
-    positions_q_C1 = q_start + jax.lax.broadcasted_iota(jnp.int32, (q_CK.shape[0], 1), 0)
-    positions_k_1S = k_start + jax.lax.broadcasted_iota(jnp.int32, (1, k_SK.shape[0]), 1)
-    distance_CS = jnp.abs(positions_q_C1 - positions_k_1S).astype(jnp.float32)
-    ok_CS = (valid_k_1S != 0) & (seg_q_C1 == seg_k_1S)
+    positions_a_X1 = a_start + jax.lax.broadcasted_iota(jnp.int32, (a_XK.shape[0], 1), 0)
+    positions_b_1Y = b_start + jax.lax.broadcasted_iota(jnp.int32, (1, b_YK.shape[0]), 1)
+    distance_XY = jnp.abs(positions_a_X1 - positions_b_1Y).astype(jnp.float32)
+    ok_XY = (valid_k != 0) & (seg_a_X1 == seg_b_1Y)
     if causal:
-        ok_CS &= positions_k_1S <= positions_q_C1
-    return jnp.where(ok_CS, scores_CS - slope_11 * distance_CS, MASK_VALUE)
-
-
-def _tile_scores_kq(k_SK, q_CK, slope_11, seg_k_S1, valid_k_S1, seg_q_1C, k_start, q_start, *,
-                    causal, scale):
-    """`_tile_scores` transposed: [S, C] scores of k q^T, so per-query values are rows [1, C]
-    and per-key values columns [S, 1] (the dk/dv kernel's layout)."""
-    scores_SC = _dot(k_SK, q_CK, transpose_b=True) * scale
-    positions_k_S1 = k_start + jax.lax.broadcasted_iota(jnp.int32, (k_SK.shape[0], 1), 0)
-    positions_q_1C = q_start + jax.lax.broadcasted_iota(jnp.int32, (1, q_CK.shape[0]), 1)
-    distance_SC = jnp.abs(positions_k_S1 - positions_q_1C).astype(jnp.float32)
-    ok_SC = (valid_k_S1 != 0) & (seg_k_S1 == seg_q_1C)
-    if causal:
-        ok_SC &= positions_k_S1 <= positions_q_1C
-    return jnp.where(ok_SC, scores_SC - slope_11 * distance_SC, MASK_VALUE)
+        keys, queries = ((positions_a_X1, positions_b_1Y) if keys_first
+                         else (positions_b_1Y, positions_a_X1))
+        ok_XY &= keys <= queries
+    return jnp.where(ok_XY, scores_XY - slope_11 * distance_XY, MASK_VALUE)
 
 
 def _tile_grads(scores_CS, lse_C1, delta_C1, dout_CK, v_SK, scale):
@@ -135,7 +127,7 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, seg_q_ref, seg_k_ref, valid_
         start, k_SK, v_SK, seg_k_1S, valid_1S = _key_block(j, block, k_ref, v_ref, seg_k_ref,
                                                            valid_k_ref)
         scores_CS = _tile_scores(q_CK, k_SK, slope_11, seg_q_C1, seg_k_1S, valid_1S, i * block,
-                                 start, causal=causal, scale=scale)
+                                 start, keys_first=False, causal=causal, scale=scale)
         new_max_C1 = jnp.maximum(max_C1, scores_CS.max(axis=1, keepdims=True))
         probs_CS = jnp.exp(scores_CS - new_max_C1)
         correction_C1 = jnp.exp(max_C1 - new_max_C1)
@@ -172,9 +164,8 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, seg_q_ref, seg_k_ref, valid_k_r
         rows = pl.ds(start, block)
         q_CK, dout_CK = q_ref[rows, :], dout_ref[rows, :]
         query = pl.ds(i, 1)
-        scores_SC = _tile_scores_kq(k_SK, q_CK, slope_11, seg_k_S1, valid_S1,
-                                    seg_q_ref[query, :], j * block, start, causal=causal,
-                                    scale=scale)
+        scores_SC = _tile_scores(k_SK, q_CK, slope_11, seg_k_S1, seg_q_ref[query, :], valid_S1,
+                                 j * block, start, keys_first=True, causal=causal, scale=scale)
         probs_SC = jnp.exp(scores_SC - lse_ref[query, :])
         dprobs_SC = _dot(v_SK, dout_CK, transpose_b=True)
         dscores_SC = probs_SC * (dprobs_SC - delta_ref[query, :]) * scale
@@ -202,7 +193,7 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, seg_q_ref, seg_k_ref, valid_k_ref
         start, k_SK, v_SK, seg_k_1S, valid_1S = _key_block(j, block, k_ref, v_ref, seg_k_ref,
                                                            valid_k_ref)
         scores_CS = _tile_scores(q_CK, k_SK, slope_11, seg_q_C1, seg_k_1S, valid_1S, i * block,
-                                 start, causal=causal, scale=scale)
+                                 start, keys_first=False, causal=causal, scale=scale)
         _, dscores_CS = _tile_grads(scores_CS, lse_C1, delta_C1, dout_CK, v_SK, scale)
         return dq_CK + _dot(dscores_CS.astype(k_SK.dtype), k_SK)
 
