@@ -16,8 +16,14 @@ from jbert.training.compile_plugins import use_compile_plugin  # noqa: E402
 
 use_compile_plugin("tpu")
 use_compile_plugin("gpu")
+_tpu_library_path = os.environ.get("TPU_LIBRARY_PATH")
 
 import jax  # noqa: E402
+
+# libtpu, imported with JAX, points TPU_LIBRARY_PATH at itself; the tests' subprocesses (which
+# have no libtpu on their path) would inherit it. This process no longer needs it.
+if _tpu_library_path is None:
+    os.environ.pop("TPU_LIBRARY_PATH", None)
 import pytest  # noqa: E402
 
 
