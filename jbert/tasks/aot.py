@@ -39,7 +39,7 @@ from jbert.ops.sharding import batch_sharding, make_mesh
 from jbert.training.config import TrainConfig
 from jbert.training.optim import make_optimizer
 from jbert.training.targets import GIB, Target
-from jbert.training.trainer import build_train_step
+from jbert.training.trainer import build_train_step, check_batch_layout
 
 STAGES = ("pretrain", "contrastive")
 PALLAS_KERNELS = ("alibi_flash_forward", "alibi_flash_dkdv", "alibi_flash_dq")
@@ -88,13 +88,11 @@ def contrastive_step(cfg: TrainConfig, mesh, row_multiple: int) -> tuple[StepSha
 
     c = cfg.contrastive
     pairs, n_neg = cfg.data.batch_size, c.hard_negatives
-    if c.chunk_size and pairs % c.chunk_size:
-        raise ConfigError(f"contrastive.chunk_size={c.chunk_size} does not divide "
-                          f"data.batch_size={pairs}")
     loss_fn, grad_fn, flops = contrastive_step_fns(cfg, mesh)
+    # Every text at its length limit: the padded groups' positions, the packed rows' bound.
+    tokens = pairs * (c.max_query_length + (1 + n_neg) * c.max_doc_length)
     if c.pack:
         length = packed_length(c)
-        tokens = pairs * (c.max_query_length + (1 + n_neg) * c.max_doc_length)
         rows = -(-tokens // length)
         rows = -(-rows // row_multiple) * row_multiple
         slots = texts_per_row(length)
@@ -110,9 +108,8 @@ def contrastive_step(cfg: TrainConfig, mesh, row_multiple: int) -> tuple[StepSha
     if n_neg:
         batch |= {"neg_ids": (pairs * n_neg, c.max_doc_length),
                   "neg_mask": (pairs * n_neg, c.max_doc_length)}
-    positions = pairs * (c.max_query_length + (1 + n_neg) * c.max_doc_length)
     lengths = {"queries": c.max_query_length, "documents": c.max_doc_length}
-    return StepShapes(batch, positions, flops, _paths(cfg, lengths)), loss_fn, grad_fn
+    return StepShapes(batch, tokens, flops, _paths(cfg, lengths)), loss_fn, grad_fn
 
 
 @contextlib.contextmanager
@@ -159,22 +156,21 @@ def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     except ValueError as e:
         raise ConfigError(f"{e} on {target.description}") from None
+    try:
+        check_batch_layout(cfg, mesh)  # the trainer's check, on the target's devices
+    except ValueError as e:
+        raise ConfigError(f"{e} on {target.description}") from None
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.data.batch_size % (batch_devices * cfg.grad_accum):
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split over mesh "
-                          f"data x fsdp = {batch_devices} devices of {target.name} times "
-                          f"grad_accum={cfg.grad_accum}")
     tx = make_optimizer(cfg.optim, cfg.steps)
     with jax.set_mesh(mesh):  # the attention path resolves for the target's platform
         if stage == "pretrain":
             shapes, loss_fn, grad_fn = pretrain_step(cfg)
             head = "masked_lm"
         else:
-            from jbert.tasks.contrastive import HEAD
+            from jbert.tasks.contrastive import HEAD, gradcache_chunks
 
-            chunks = (cfg.data.batch_size // cfg.contrastive.chunk_size
-                      if cfg.contrastive.chunk_size else 1)
-            shapes, loss_fn, grad_fn = contrastive_step(cfg, mesh, chunks * batch_devices)
+            shapes, loss_fn, grad_fn = contrastive_step(cfg, mesh,
+                                                        gradcache_chunks(cfg) * batch_devices)
             head = HEAD
     step, abstract_state, plain_sh = build_train_step(cfg, mesh, tx, head, loss_fn, grad_fn)
     batch_sh = batch_sharding(mesh)

@@ -514,12 +514,22 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     return sources
 
 
+def gradcache_chunks(cfg: TrainConfig) -> int:
+    """GradCache chunks per step: the global batch over `contrastive.chunk_size` (1 without)."""
+    c = cfg.contrastive
+    if c.chunk_size and cfg.data.batch_size % c.chunk_size:
+        raise ConfigError(f"contrastive.chunk_size={c.chunk_size} does not divide "
+                          f"data.batch_size={cfg.data.batch_size}")
+    return cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
+
+
 def contrastive_step_fns(cfg: TrainConfig, mesh: Mesh | None = None
                          ) -> tuple[LossFn, GradFn | None, float]:
     """What the trainer's step runs for this config: (loss, GradCache gradient or None,
-    training FLOPs per token). Needs no data: `jbert.tasks.aot` compiles the same step."""
+    training FLOPs per token). Needs no data: `jbert.tasks.aot` compiles the same step. Refuses
+    a chunk size or Matryoshka sizes that do not fit the batch and the model."""
     c = cfg.contrastive
-    chunks = cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
+    chunks = gradcache_chunks(cfg)
     mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
         2 + c.hard_negatives)
     recompute = 4 / 3 if c.chunk_size else 1.0  # GradCache runs every forward twice
@@ -538,10 +548,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     from jbert.training.trainer import Task
 
     c = cfg.contrastive
-    if c.chunk_size and cfg.data.batch_size % c.chunk_size:
-        raise ConfigError(f"contrastive.chunk_size={c.chunk_size} does not divide "
-                         f"data.batch_size={cfg.data.batch_size}")
-    loss_sizes(c, cfg.model.hidden_size)  # Matryoshka sizes the model has
+    # The step first: a chunk size or Matryoshka sizes that do not fit stop the run here.
+    loss_fn, grad_fn, flops_per_token = contrastive_step_fns(cfg, mesh)
     root = Path(cfg.data.dir)
     tokenizer = load_tokenizer(root / "tokenizer")
     # Evaluation first: a bad `eval_sets` entry stops the run before mining writes its cache.
@@ -559,7 +567,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
                              **eval_kwargs)
     sources = load_sources(cfg, root)
 
-    chunks = cfg.data.batch_size // c.chunk_size if c.chunk_size else 1
+    chunks = gradcache_chunks(cfg)
     pack_rows = None
     if c.pack:
         processes = jax.process_count()
@@ -587,7 +595,6 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
             out.update(logged_metrics(ev(params, linear=False), f"{name}/", len(ev.sets) > 1))
         return out
 
-    loss_fn, grad_fn, flops_per_token = contrastive_step_fns(cfg, mesh)
     task = Task(head=HEAD, loss_fn=loss_fn, train_data=train_data, evaluate=evaluate,
                 summarize=summarize, grad_fn=grad_fn, flops_per_token=flops_per_token)
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
