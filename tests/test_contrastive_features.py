@@ -244,6 +244,21 @@ def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer)
             np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_a_waiting_line_that_only_grows_is_an_error(tokenizer):
+    """Rows far too few for the batches (four here): the waiting pairs would pile up
+    without bound, so the stream stops once more than WAITING_BATCHES batches wait."""
+    from jbert.errors import InputError
+    from jbert.tasks.contrastive import WAITING_BATCHES
+
+    cfg = ContrastiveConfig(max_query_length=24, max_doc_length=128, hard_negatives=2)
+    stream = TokenizedPairs(PairBatcher(_pairs(400, seed=1), B, source="s", seed=3), tokenizer,
+                            cfg, pack_rows=4)
+    with pytest.raises(InputError, match=r"pairs wait for packed rows, more than 8 batches"):
+        for _ in range(4 * WAITING_BATCHES):
+            next(stream)
+    assert WAITING_BATCHES * B < len(stream.waiting) <= (WAITING_BATCHES + 1) * B
+
+
 def test_prompts_prefix_every_query_and_document_in_training(tokenizer):
     pairs = _pairs(40)
     cfg = ContrastiveConfig(max_query_length=24, max_doc_length=32, hard_negatives=2,

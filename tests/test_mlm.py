@@ -243,3 +243,18 @@ def test_throughput_is_reported(tok):
     assert stats["tokens"] == real
     assert stats["tokens_per_s"] == pytest.approx(real / stats["seconds"])
     assert stats["fill"] == pytest.approx(real / (10 * 4 * 64))
+
+
+def test_a_stream_of_empty_documents_is_an_error_not_a_spin(tok):
+    """Documents without a token give no rows: the stream stops with an error after two epochs'
+    worth of empty chunks instead of reading the corpus forever; a process without documents
+    is refused at once."""
+    from jbert.errors import InputError
+
+    cfg = StreamConfig(seq_len=64, batch_size=4, docs_per_chunk=2)
+    with pytest.raises(InputError, match="all 5 documents of this process are empty"):
+        next(mlm_iterator([""] * 5, tok, cfg))
+    with pytest.raises(InputError, match="no documents for process 2 of 3"):
+        mlm_iterator(["a = 1", "b = 2"], tok, cfg, process_index=2, process_count=3)
+    # A few empty documents among real ones are just skipped.
+    assert next(mlm_iterator(["", *_docs(8), ""], tok, cfg))["input_ids"].shape == (4, 64)

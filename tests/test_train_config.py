@@ -46,6 +46,24 @@ def test_overrides_parse_to_the_declared_types():
     ({"model.hidden_size": "102"}, "model.hidden_size.*num_attention_heads"),
     ({"steps": "0"}, "config.steps=0"),
     ({"optim.decay": "exp"}, "optim.decay"),
+    # Every size, count and rate is range-checked, its key named (batch_size=0 hung a run).
+    ({"data.batch_size": "0"}, "data.batch_size=0: must be >= 1"),
+    ({"data.batch_size": "-4"}, "data.batch_size=-4: must be >= 1"),
+    ({"data.seq_len": "2"}, "data.seq_len=2: must be >= 3"),
+    ({"data.mask_rate": "1.5"}, r"data.mask_rate=1.5: must be in \(0, 1\]"),
+    ({"data.mask_rate": "nan"}, "data.mask_rate=nan"),
+    ({"data.docs_per_chunk": "0"}, "data.docs_per_chunk=0"),
+    ({"data.max_predictions": "0"}, "data.max_predictions=0"),
+    ({"mesh.fsdp": "0"}, "mesh.fsdp=0"),
+    ({"mesh.data": "-2"}, "mesh.data=-2"),
+    ({"checkpoint.every_steps": "0"}, "checkpoint.every_steps=0"),
+    ({"checkpoint.keep": "0"}, "checkpoint.keep=0"),
+    ({"contrastive.max_doc_length": "0"}, "contrastive.max_doc_length=0"),
+    ({"contrastive.temperature": "0"}, "contrastive.temperature=0.0: must be > 0"),
+    ({"optim.b2": "1"}, r"optim.b2=1.0: must be in \[0, 1\)"),
+    ({"optim.clip_norm": "-1"}, "optim.clip_norm=-1.0"),
+    ({"eval_batches": "-1"}, "config.eval_batches=-1"),
+    ({"model.layer_norm_eps": "0"}, "layer_norm_eps=0.0: must be > 0"),
 ])
 def test_bad_overrides_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -71,6 +89,10 @@ def test_bad_config_files(tmp_path):
     broken.write_text("def get_config(arg):\n    return undefined_name\n")
     with pytest.raises(NameError):  # a bug in the file keeps its traceback
         load_config(str(broken))
+    syntax = tmp_path / "syntax.py"
+    syntax.write_text("def get_config(arg):\n    return TrainConfig(steps=3,,)\n")
+    with pytest.raises(ConfigError, match=r"syntax.py:2: invalid syntax.*steps=3,,"):
+        load_config(str(syntax))
     with pytest.raises(ConfigError, match="--config FILE is required"):
         parse_cli(["--config.steps=3"])
 
@@ -91,6 +113,7 @@ def test_usage_errors_are_one_line_unless_debugging(capsys, monkeypatch):
 @pytest.mark.parametrize("args,culprit", [
     (["--config", TINY, "--config.optim.lr=1"], "unknown config key 'optim.lr'"),
     (["--config", "configs/nope.py"], "configs/nope.py: no such config file"),
+    (["--config", TINY, "--config.data.batch_size=0"], "data.batch_size=0: must be >= 1"),
 ])
 def test_entry_point_reports_bad_input_in_one_line(args, culprit):
     env = {k: v for k, v in os.environ.items() if k != "JBERT_DEBUG"}

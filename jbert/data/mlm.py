@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 
 from jbert.data.labels import IGNORE_INDEX
 from jbert.data.tokenizer import SpecialIds, special_ids
+from jbert.errors import InputError
 
 # A piece shorter than this is not worth its CLS and SEP: at 8 tokens the specials are a fifth of
 # the piece and the masked tokens still see some context. Rows end at most this short of full.
@@ -236,9 +237,21 @@ def _fetch_texts(texts, doc_indices: np.ndarray) -> list[str]:
 
 
 class _Rows(grain.experimental.FlatMapTransform):
+    """A chunk's rows, one by one. Chunks whose documents hold no token give none; `limit` such
+    chunks in a row (two epochs' worth) mean every document is empty, which is an error rather
+    than an endless search for a row."""
+
     max_fan_out = 1 << 20
 
+    def __init__(self, limit: int, documents: int):
+        self.limit, self.documents, self.empty_run = limit, documents, 0
+
     def flat_map(self, element):
+        self.empty_run = 0 if element else self.empty_run + 1
+        if self.empty_run >= self.limit:
+            raise InputError(f"the MLM stream read {self.limit} chunks of documents in a row "
+                             f"without a token: all {self.documents} documents of this process "
+                             "are empty after tokenization")
         return element
 
 
@@ -256,8 +269,16 @@ def mlm_dataset(
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if cfg.batch_size < 1 or cfg.docs_per_chunk < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} and docs_per_chunk {cfg.docs_per_chunk} "
+                         "must be >= 1")
     chunker = _Chunker(texts, tokenizer, cfg, process_index)
     docs = grain.MapDataset.range(len(texts))[process_index::process_count]
+    if not len(docs):
+        raise InputError(f"no documents for process {process_index} of {process_count} "
+                         f"({len(texts)} in the corpus)")
+    empty_limit = 2 * -(-len(docs) // cfg.docs_per_chunk) + 1  # chunks: two epochs and one
+    rows_of = _Rows(empty_limit, len(docs))
     if cfg.shuffle:
         docs = docs.shuffle(seed=cfg.seed)  # reshuffled each epoch by grain (seed + epoch)
     docs = docs.repeat(cfg.num_epochs)
@@ -267,7 +288,8 @@ def mlm_dataset(
     read = grain.ReadOptions(
         num_threads=min(cfg.prefetch_chunks, 2), prefetch_buffer_size=cfg.prefetch_chunks
     )
-    rows = grain.experimental.FlatMapIterDataset(chunks.to_iter_dataset(read), _Rows())
+    rows = grain.experimental.FlatMapIterDataset(chunks.to_iter_dataset(read),
+                                                 rows_of)
     return rows.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 

@@ -102,6 +102,8 @@ class PairBatcher:
         process_count: int = 1,
         num_epochs: int | None = None,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: must be >= 1")
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
         if len(pairs) < batch_size:

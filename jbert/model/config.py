@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jbert.errors import check_ranges
+
 FEED_FORWARD_TYPES = ("original", "glu", "geglu", "reglu")
 ATTENTION_IMPLS = ("auto", "reference", "blockwise", "dpa", "pallas")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_tanh", "relu", "silu", "swish", "tanh")
@@ -67,6 +69,10 @@ class JinaBertConfig:
                     "intermediate_size", "type_vocab_size", "attention_block_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
+        check_ranges("JinaBertConfig", self, {
+            "max_position_embeddings": ">= 1", "initializer_range": ">= 0",
+            "layer_norm_eps": "> 0", "num_labels": ">= 1", "pad_token_id": ">= 0",
+            "classifier_dropout": "[0, 1)"})
         if self.hidden_size % self.num_attention_heads:
             raise bad("hidden_size", f"must be divisible by num_attention_heads="
                       f"{self.num_attention_heads}")

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jbert.data.packing import best_fit, pack_fixed, texts_per_row
-from jbert.errors import ConfigError
+from jbert.errors import ConfigError, InputError
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig
 from jbert.model.heads import l2_normalize
@@ -409,6 +409,11 @@ class TokenizedPairs:
             raise ValueError(f"a single pair does not fit {self.pack_rows} packed rows; plan "
                              "them with plan_pack_rows")
         self.waiting = clash + line[k:]
+        if len(self.waiting) > WAITING_BATCHES * len(fresh):  # planned to drain: never grows
+            raise InputError(
+                f"{len(self.waiting)} pairs wait for packed rows, more than {WAITING_BATCHES} "
+                f"batches of {len(fresh)}: {self.pack_rows} rows of {length} tokens take too few "
+                "pairs per step for these texts (plan them with plan_pack_rows)")
         segments = texts_per_row(length)
         first = self.process_index * self.pack_rows * segments
         first_neg = (self.process_count + self.process_index) * self.pack_rows * segments
@@ -446,6 +451,8 @@ def packed_length(cfg: ContrastiveConfig) -> int:
 
 
 SLACK = 1.02  # packed rows' room over the average batch (see plan_pack_rows)
+# With SLACK the line drains: more than this many batches waiting means the plan does not fit.
+WAITING_BATCHES = 8
 
 
 def plan_pack_rows(sources: dict[str, list[dict]], tokenizer: Any, cfg: ContrastiveConfig,

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from jbert.errors import ConfigError
+from jbert.errors import ConfigError, check_ranges
 from jbert.model.config import JinaBertConfig
 from jbert.model.lora import LoRAConfig
 from jbert.training.optim import OptimConfig
@@ -31,6 +31,11 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.data != -1:
+            check_ranges("mesh", self, {"data": ">= 1"})
+        check_ranges("mesh", self, {"fsdp": ">= 1", "tensor": ">= 1"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,12 @@ class DataConfig:
     # Vocabulary logits only at the first K labelled positions of a row (None: everywhere).
     max_predictions: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges("data", self, {
+            "prepare_max_bytes": ">= 1", "prepare_vocab_size": ">= 1", "seq_len": ">= 3",
+            "batch_size": ">= 1", "docs_per_chunk": ">= 1", "mask_rate": "(0, 1]",
+            "max_predictions": ">= 1"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +110,9 @@ class ContrastiveConfig:
                                               ("document", self.doc_prompt)) if text}
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"contrastive.temperature={self.temperature}: must be > 0")
-        for key in ("hard_negatives", "chunk_size"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"contrastive.{key}={getattr(self, key)}: must be >= 0")
+        check_ranges("contrastive", self, {
+            "temperature": "> 0", "hard_negatives": ">= 0", "chunk_size": ">= 0",
+            "max_query_length": ">= 3", "max_doc_length": ">= 3", "eval_max_pairs": ">= 1"})
         if any(d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"contrastive.matryoshka_dims={self.matryoshka_dims}: sizes must "
                              "be positive")
@@ -128,6 +137,9 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges("checkpoint", self, {"every_steps": ">= 1", "keep": ">= 1"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +167,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("steps", "grad_accum", "log_every", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"config.{key}={getattr(self, key)}: must be >= 1")
+        check_ranges("config", self, {
+            "steps": ">= 1", "grad_accum": ">= 1", "log_every": ">= 1", "eval_every": ">= 1",
+            "eval_batches": ">= 0", "peak_flops_per_device": "> 0"})
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"config.on_nonfinite={self.on_nonfinite!r}: must be stop or skip")
 
@@ -170,7 +182,10 @@ def load_config(spec: str) -> TrainConfig:
         raise ConfigError(f"{path}: no such config file")
     module_spec = importlib.util.spec_from_file_location(f"jbert_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:  # one line naming the place; other errors keep their traceback
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg}: {(e.text or '').strip()!r}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config(arg) function")
     try:

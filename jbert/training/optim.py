@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import optax
 
+from jbert.errors import check_ranges
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -23,10 +25,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.decay not in ("linear", "cosine", "constant"):
             raise ValueError(f"optim.decay={self.decay!r}: must be linear, cosine or constant")
-        if self.learning_rate <= 0:
-            raise ValueError(f"optim.learning_rate={self.learning_rate}: must be positive")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps}: must be >= 0")
+        check_ranges("optim", self, {
+            "learning_rate": "> 0", "warmup_steps": ">= 0", "end_learning_rate_fraction": "[0, 1]",
+            "weight_decay": ">= 0", "b1": "[0, 1)", "b2": "[0, 1)", "eps": ">= 0",
+            "clip_norm": "> 0"})
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
