@@ -1,6 +1,6 @@
 """Contrastive tuning of the base-code backbone into a code search model (paper recipe).
 
-Run:   python -m train.contrastive --config configs/contrastive_base_code.py \
+Run:   python -m train.contrastive --config configs/contrastive_base_code.py \\
            [--coordinator HOST:PORT --num_processes N --process_id I]
        then the hard-negative stage from that run:
        python -m train.contrastive --config configs/contrastive_base_code.py:hardneg

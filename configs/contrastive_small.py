@@ -5,7 +5,7 @@ Run:   python -m train.pretrain --config configs/pretrain_small.py
        python -m train.contrastive --config configs/contrastive_small.py
        then, hard negatives mined with that model and a short second pass from it:
        python -m train.mine_negatives --model runs/contrastive-small/export \\
-           --pairs artifacts/data/pairs --out artifacts/data/pairs-mined \
+           --pairs artifacts/data/pairs --out artifacts/data/pairs-mined \\
            --max-pairs 15000 --negatives 3
        python -m train.contrastive --config configs/contrastive_small.py:hardneg
 Where: any CPU; measured on 2 shared cores.
@@ -13,18 +13,17 @@ What:  InfoNCE over batches of 128 pairs (every query against every positive of 
        symmetric code -> query term, temperature learned from 0.05; 32-token queries,
        128-token code. `:hardneg` continues from it at batch 64 with 3 dense-mined negatives
        per pair (15,000 pairs mined).
-Time:  1800 steps: 73 min on 2 cores shared with other jobs (about 63 min alone); `:hardneg`
-       9 min; the whole chain (scripts/recipe_small.sh, MLM to evaluation) 96 min (2026-12-04).
-Reach: held-out macro nDCG@10 over six languages 0.498 against BM25's 0.481 (MRR@10 0.448
-       against 0.424): above BM25 on Java, JavaScript, Rust and TypeScript, below on Go and
-       Python; fused with BM25 0.565 (RRF) and 0.594 (linear). The curve crosses BM25 between
-       steps 900 and 1200 (0.476, 0.489 on the sampled training-time sets); `:hardneg` leaves it
-       at 0.498 (docs/results.md).
+Time:  1800 steps, then `:hardneg` 150 steps; each stage's measured time and the whole chain's
+       (scripts/recipe_small.sh, MLM to evaluation) are in docs/results.md ("Code search on
+       the stratified held-out split").
+Reach: held-out macro nDCG@10 over six languages above BM25's (above on Java, JavaScript, Rust
+       and TypeScript, below on Go and Python), and fused with BM25 above both; the curve
+       crosses BM25 between steps 900 and 1200, and `:hardneg` leaves the figure where it was.
+       The figures: docs/results.md, same section.
 Args:  `:hardneg` the hard-negative pass; `:matryoshka` / `:single-size` contrastive only, packed
-       batches, 900 steps, the loss over sizes 256/128/64/32 or the full size alone: 73 min
-       each (run side by side); held-out macro nDCG@10 0.469 / 0.464 / 0.430 / 0.378 at
-       256 / 128 / 64 / 32 dims against 0.481 / 0.437 / 0.348 / 0.250 truncated from the
-       single-size model (docs/results.md); `:smoke` 10 steps (tests).
+       batches, 900 steps, the loss over sizes 256/128/64/32 or the full size alone (what the
+       smaller sizes keep of the full size's nDCG@10, and the times: docs/results.md, "Matryoshka
+       sizes and packed batches"); `:smoke` 10 steps (tests).
 """
 
 import dataclasses

@@ -3,13 +3,14 @@
 Run:   python -m train.pretrain --config configs/pretrain_tiny.py          # the MLM backbone
        python -m train.contrastive --config configs/contrastive_tiny.py
 Where: any CPU (measured on 2 shared cores); starts from the MLM checkpoint in
-       runs/pretrain-tiny and tunes on the docstring/code pairs of artifacts/data-tiny (2,948
-       train pairs, 113 held-out pairs from other repositories).
+       runs/pretrain-tiny and tunes on the docstring/code pairs of artifacts/data-tiny, held
+       out by repository (their counts: docs/data.md, "The demo's data").
 What:  InfoNCE over batches of 64 pairs (every query against every positive), symmetric
        code -> query term, learned temperature from 0.05, GradCache in chunks of 32 rows.
-Time:  about 5 minutes for 300 steps of 64 pairs (32 + 128 tokens) on 2 cores.
-Reach: retrieval MRR@10 on the held-out pairs far above the untuned backbone's, logged beside
-       BM25's on the same set (see docs/results.md for the figures).
+Time:  300 steps of 64 pairs (32 + 128 tokens), 3 evals and the export; measured times in
+       docs/results.md ("The README demo").
+Reach: held-out retrieval (nDCG@10, MRR@10) far above the untuned backbone's, logged beside
+       BM25's on the same sets, and below BM25's (the figures: docs/results.md).
 Args:  `:smoke` runs 10 steps. `:features` tunes the same backbone with what issue 17 added,
        all at once: prompts ("query: " / "code: "), Matryoshka sizes 128/64/32, packed batches
        and LoRA adapters of rank 8 on the frozen MLM backbone (workdir

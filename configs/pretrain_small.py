@@ -6,12 +6,12 @@ Where: any CPU; measured on 2 shared cores.
 What:  the code layout (QK-norm, GLU) at 2 layers x 256 wide, 61,056-token BPE vocabulary,
        whole-word masking at 30% over packed 128-token rows of the train split (the held-out
        pairs' repos are left out, `jbert.data.split`).
-Time:  300 steps of 64 x 128 tokens: 11.8 min on 2 shared cores (2026-12-04; 9.6 min on 12-02).
-Reach: held-out MLM loss 6.99 against a unigram loss of 6.78 at step 300: too short to help the
-       contrastive stage (its untuned embeddings retrieve at macro nDCG@10 0.088, and a short
-       contrastive run from it reaches 0.314 where one from random weights reaches 0.372: the
-       ablation in docs/results.md); the chain keeps it as the recipe's first stage, and a
-       longer MLM run is the open question there.
+Time:  300 steps of 64 x 128 tokens; the measured time is in docs/results.md ("Code search on
+       the stratified held-out split", its stage table).
+Reach: a held-out MLM loss still above the unigram loss at step 300: too short to help the
+       contrastive stage (a short contrastive run from it does worse than one from random
+       weights: the ablation in docs/results.md, with the figures); the chain keeps it as the
+       recipe's first stage, and a longer MLM run is the open question there.
 Arg:   `configs/pretrain_small.py:smoke` runs 20 steps (tests).
 """
 

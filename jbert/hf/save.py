@@ -2,7 +2,7 @@
 
 `save_pretrained(path, config, params)` writes what `AutoModel.from_pretrained(path,
 trust_remote_code=True)` and `SentenceTransformer(path, trust_remote_code=True)` load: the
-official tensor names and orientation in fp32 (the key map of `jbert.hf.load`), the released
+official tensor names and orientation in fp32 (the key map of `jbert.hf.keys`), the released
 `config.json` keys with `auto_map` for the head, tokenizer files, the sentence-transformers files
 for mean pooling, and a model card (`jbert.hf.model_card`). `jbert.training.export` builds on it
 to export a training run.

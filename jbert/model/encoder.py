@@ -8,7 +8,7 @@ hidden states between layers are `HIDDEN`, q/k/v and the attention context `HEAD
 hidden activations `MLP`.
 
 Module and attribute names follow the Hugging Face tensor names (`embeddings.LayerNorm`,
-`encoder.layer.3.attention.output.dense`...), so the checkpoint key map in `jbert.hf.load` is a
+`encoder.layer.3.attention.output.dense`...), so the checkpoint key map in `jbert.hf.keys` is a
 rename of a few words (`self_attn` is HF's `self`, `kernel` is `weight` transposed). Every weight
 carries logical axis names, mapped to mesh axes by `jbert.ops.sharding.LOGICAL_AXIS_RULES`.
 """
