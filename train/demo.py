@@ -7,11 +7,14 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)
+    from jbert.training.cli import ArgumentParser, positive_int
+
+    p = ArgumentParser(prog="python -m train.demo", description=__doc__,
+                       formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--mlm-steps", type=int, help="default: configs/pretrain_tiny.py's")
-    p.add_argument("--contrastive-steps", type=int, help="default: configs/contrastive_tiny.py's")
+    p.add_argument("--mlm-steps", type=positive_int, help="default: configs/pretrain_tiny.py's")
+    p.add_argument("--contrastive-steps", type=positive_int,
+                   help="default: configs/contrastive_tiny.py's")
     a = p.parse_args(argv)
 
     from jbert.tasks.demo import run

@@ -3,6 +3,7 @@ overrides, the multi-host flags and `jax.distributed` start-up, and one-line usa
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -35,6 +36,44 @@ def usage_errors(*kinds: type[BaseException]) -> Iterator[None]:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose long flags answer to both spellings: a flag registered as
+    `--max-query-length` is also read as `--max_query_length` (and the reverse). Every `train/*`
+    entry point parses through it, its flags registered with dashes. `--config.KEY` overrides
+    are not flags of this parser and keep their underscores."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self.respelt(args), namespace)
+
+    def respelt(self, args: list[str]) -> list[str]:
+        """`args` with each long flag in the spelling it was registered with."""
+        def key(flag: str) -> str:
+            return flag.replace("_", "-")
+
+        known = {key(flag): flag for flag in self._option_string_actions if flag[:2] == "--"}
+        out = []
+        for i, arg in enumerate(args):
+            if arg == "--":  # what follows is positional
+                return out + args[i:]
+            flag, sep, value = arg.partition("=")
+            if flag[:2] == "--" and not flag.startswith("--config"):
+                arg = known.get(key(flag), flag) + sep + value
+            out.append(arg)
+        return out
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type` for counts and lengths: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return n
 
 
 def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
@@ -136,17 +175,15 @@ def parse_training_cli(argv: list[str], description: str | None = None,
     `jax.distributed` when `--coordinator` is given, before anything touches a device.
 
     `-h`/`--help` prints the usage (and, with `--config`, the config's keys) and exits 0."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog, description=description, epilog=CONFIG_HELP,
         usage="%(prog)s --config FILE[:ARG] [--config.KEY=VALUE ...] [-h]\n"
-              "       [--coordinator HOST:PORT --num_processes N --process_id I]",
+              "       [--coordinator HOST:PORT --num-processes N --process-id I]",
         formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--coordinator", metavar="HOST:PORT",
                         help="multi-host: the address of process 0, or 'auto' (TPU pods, SLURM)")
-    parser.add_argument("--num_processes", type=int, metavar="N", help="multi-host: processes")
-    parser.add_argument("--process_id", type=int, metavar="I",
+    parser.add_argument("--num-processes", type=int, metavar="N", help="multi-host: processes")
+    parser.add_argument("--process-id", type=int, metavar="I",
                         help="multi-host: this process, 0..N-1")
     help_and_exit(parser, argv)
     config, rest = parse_cli(argv)
