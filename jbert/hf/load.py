@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbert.hf.hub import locate
 from jbert.hf.keys import (
     ENCODER_ROOTS,
     SAFETENSORS,
@@ -134,7 +135,7 @@ def load_pretrained(path: str | os.PathLike, head: str = "base", *, revision: st
     """
     if head not in HEADS:
         raise KeyError(f"unknown head {head!r}; known: {sorted(HEADS)}")
-    directory = local_dir(path, revision)
+    directory = local_dir(locate(path, repo_type="model"), revision)
     config_file = directory / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{directory} has no config.json")

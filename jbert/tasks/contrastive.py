@@ -252,7 +252,8 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
     batch over `chunk_size`); by default the query rows over `cfg.chunk_size`.
     """
     if cfg.chunk_size <= 0:
-        raise ValueError("cached_grad_fn needs contrastive.chunk_size > 0")
+        raise ConfigError(f"contrastive.chunk_size={cfg.chunk_size}: GradCache needs a chunk "
+                          "size > 0")
     loss_sizes(cfg, config.hidden_size)
 
     def grad_fn(params, batch: Batch, dropout_rng):
@@ -436,11 +437,14 @@ class TokenizedPairs:
 
     def set_state(self, state: dict) -> None:
         if self.pack_rows is None:
+            if "batcher" in state:
+                raise ConfigError("contrastive.pack=false: this data position is of a packed "
+                                  "run; resume it with contrastive.pack=true")
             self.batcher.set_state(state)
             return
         if "batcher" not in state:
-            raise ValueError("this data position is of a padded run; resume it with "
-                             "contrastive.pack=false")
+            raise ConfigError("contrastive.pack=true: this data position is of a padded run; "
+                              "resume it with contrastive.pack=false")
         self.batcher.set_state(state["batcher"])
         self.waiting = [dict(p) for p in state["waiting"]]
 
@@ -503,20 +507,24 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     negatives mined by BM25 (cached beside the pairs) where the pairs have fewer than asked
     for."""
     from jbert.data.pair_batches import load_pairs
+    from jbert.hf.hub import locate
     from jbert.tasks.mining import cached_bm25_negatives
 
     specs = [s.strip() for s in cfg.contrastive.sources.split(",") if s.strip()]
+    key = "contrastive.sources" if specs else "data.dir"
     specs = specs or [str(root / "pairs")]
+    names = [Path(spec).name or spec for spec in specs]
+    for name in names:  # batchers, their state and the logs know a source by this name
+        if names.count(name) > 1:
+            raise ConfigError(f"contrastive.sources: two sources are named {name!r} "
+                              f"({cfg.contrastive.sources!r}); give their folders distinct names")
+    files = [locate(spec, f"{key}: {spec}", inside="train.jsonl") for spec in specs]
     sources = {}
-    for spec in specs:
-        pairs = load_pairs(spec, "train")
+    for name, file in zip(names, files, strict=True):
+        pairs = load_pairs(file, "train")
         if cfg.contrastive.hard_negatives:
-            pairs = cached_bm25_negatives(pairs, cfg.contrastive.hard_negatives, spec)
+            pairs = cached_bm25_negatives(pairs, cfg.contrastive.hard_negatives, file)
             pairs = [p for p in pairs if len(p["negatives"]) >= cfg.contrastive.hard_negatives]
-        name = Path(spec).name or spec
-        if name in sources:  # batchers, their state and the logs know a source by this name
-            raise ValueError(f"contrastive.sources: two sources are named {name!r} "
-                             f"({cfg.contrastive.sources!r}); give their folders distinct names")
         sources[name] = pairs
     return sources
 
@@ -552,15 +560,21 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     from jbert.data.tokenizer import load_tokenizer
     from jbert.evaluation.beir import pairs_to_sets
     from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
+    from jbert.hf.hub import locate
     from jbert.training.trainer import Task
 
     c = cfg.contrastive
     # The step first: a chunk size or Matryoshka sizes that do not fit stop the run here.
     loss_fn, grad_fn, flops_per_token = contrastive_step_fns(cfg, mesh)
     root = Path(cfg.data.dir)
+    if not root.is_dir():  # always local: never tried as a hub name
+        raise FileNotFoundError(f"data.dir={cfg.data.dir}: no such directory (build one with "
+                                f"`python -m train.prepare_corpus --out {cfg.data.dir}`)")
     tokenizer = load_tokenizer(root / "tokenizer")
     # Evaluation first: a bad `eval_sets` entry stops the run before mining writes its cache.
-    held_out = load_pairs(c.eval_pairs or root / "pairs", "test")
+    held_out = load_pairs(locate(c.eval_pairs or root / "pairs",
+                                 f"contrastive.eval_pairs: {c.eval_pairs}" if c.eval_pairs
+                                 else f"data.dir: {root / 'pairs'}", inside="test.jsonl"), "test")
     sets = pairs_to_sets(held_out, c.eval_max_pairs, seed=cfg.data.seed)
     # Tokenised (after the run's prompts) and compiled once; sizes reported per Matryoshka dim.
     eval_kwargs = dict(max_query_length=c.max_query_length, max_doc_length=c.max_doc_length,
