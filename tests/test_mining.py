@@ -90,6 +90,12 @@ def test_mine_negatives_command(tmp_path, capsys):
     assert len(rows) == 8 and all(len(r["negatives"]) == 2 for r in rows)
     assert (out / "test.jsonl").read_text() == (src / "test.jsonl").read_text()
     assert json.loads((out / "mining.json").read_text())["method"] == report["method"] == "bm25"
-    with pytest.raises(SystemExit) as e:  # never overwrites
-        mine_negatives.main(["--bm25", "--pairs", str(src), "--out", str(out)])
-    assert e.value.code == 2 and "exists" in capsys.readouterr().err
+    before = (out / "train.jsonl").read_text()
+    with pytest.raises(SystemExit) as e:  # never overwrites unless asked
+        mine_negatives.main(["--bm25", "--pairs", str(src), "--out", str(out), "--negatives", "1"])
+    assert e.value.code == 2 and f"--out {out}" in capsys.readouterr().err
+    assert (out / "train.jsonl").read_text() == before
+    mine_negatives.main(["--bm25", "--pairs", str(src), "--out", str(out), "--negatives", "1",
+                         "--overwrite"])
+    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["negatives"]) == 1 for r in rows)

@@ -35,17 +35,19 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jbert.training.cli import ArgumentParser, positive_int, usage_errors
+
+    parser = ArgumentParser(prog="python -m train.evaluate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF export dir or jbert run dir (none: BM25 only)")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", help="pairs dir/file/hub name; one set per language")
     data.add_argument("--beir", nargs="+", metavar="DIR", help="BEIR-layout dirs")
     parser.add_argument("--split", default="test", help="pairs split / qrels file (test)")
-    parser.add_argument("--max_queries", type=int, default=None,
+    parser.add_argument("--max-queries", type=positive_int, default=None,
                         help="sample at most N queries per set (seeded; the corpus stays whole)")
-    parser.add_argument("--max_query_length", type=int, default=64)
-    parser.add_argument("--max_doc_length", type=int, default=256)
+    parser.add_argument("--max-query-length", type=positive_int, default=64)
+    parser.add_argument("--max-doc-length", type=positive_int, default=256)
     parser.add_argument("--dims", type=_dims, default=None, metavar="D,D,...",
                         help="Matryoshka sizes to report besides the full one, e.g. 256,128 "
                              "(default: the model's own; '' for none)")
@@ -54,28 +56,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--write-beir", metavar="DIR",
                         help="also write the sets in BEIR layout under DIR/<set name>")
     parser.add_argument("--out", help="also write the JSON report to this file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file and --write-beir sets")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.model is None and not args.bm25 and not args.write_beir:
         parser.error("nothing to evaluate: give --model, or drop --no-bm25")
 
+    from jbert.data.atomic import refuse_existing, write_text
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
     from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
     from jbert.evaluation.embedder import Embedder
     from jbert.evaluation.retrieval import evaluate_retrieval
-    from jbert.training.cli import usage_errors
+    from jbert.hf.hub import locate
 
     with usage_errors():
+        if args.out:
+            refuse_existing(args.out, f"--out {args.out}", args.overwrite)
         if args.pairs:
-            pairs = load_pairs(args.pairs, args.split)
+            what = f"--pairs {args.pairs}"
+            pairs = load_pairs(locate(args.pairs, what, inside=f"{args.split}.jsonl"),
+                               args.split)
             if not pairs:
-                raise InputError(f"--pairs {args.pairs}: no pairs in split {args.split!r} "
-                                 "(empty)")
+                raise InputError(f"{what}: no pairs in split {args.split!r} (empty)")
             sets = pairs_to_sets(pairs, args.max_queries)
         else:
             sets = [load_beir(d, args.split) for d in args.beir]
+            for d, rs in zip(args.beir, sets, strict=True):
+                if not rs.queries:
+                    raise InputError(f"--beir {d}: no queries with a relevant document in "
+                                     f"qrels/{args.split}.tsv")
             if args.max_queries:
                 sets = [sample_queries(rs, args.max_queries) for rs in sets]
+        if args.write_beir:
+            for rs in sets:
+                where = Path(args.write_beir) / rs.name
+                refuse_existing(where, f"--write-beir {args.write_beir}: {where}",
+                                args.overwrite)
         embedder = (Embedder.from_pretrained(
             args.model, max_length=max(args.max_query_length, args.max_doc_length))
             if args.model is not None else None)
@@ -94,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                                          max_doc_length=args.max_doc_length, dims=args.dims))
     print(json.dumps(result, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -14,22 +14,25 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)
+    from jbert.training.cli import ArgumentParser, usage_errors
+
+    p = ArgumentParser(prog="python -m train.export", description=__doc__,
+                       formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run directory (its workdir)")
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int)
     p.add_argument("--head", choices=["base", "masked_lm"])
     p.add_argument("--tokenizer", help="default: the tokenizer of the run's data directory")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--self-contained", action="store_true",
                    help="ship jbert's own modeling code (loads with transformers 4 and 5)")
     a = p.parse_args(argv)
 
-    from jbert.training.cli import usage_errors
+    from jbert.data.atomic import refuse_existing
     from jbert.training.export import export_run
 
     with usage_errors():
+        refuse_existing(a.out, f"--out {a.out}", a.overwrite)  # before the checkpoint is read
         out = export_run(a.checkpoint, a.out, step=a.step, tokenizer=a.tokenizer, head=a.head,
                          overwrite=a.overwrite, self_contained=a.self_contained)
     print(f"exported {a.checkpoint} to {out}")

@@ -21,28 +21,35 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m train.mteb", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jbert.training.cli import ArgumentParser, ConfigError, positive_int, usage_errors
+
+    parser = ArgumentParser(prog="python -m train.mteb", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="HF export dir or jbert run dir")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated mteb task names, e.g. CosQA,AppsRetrieval")
     which.add_argument("--benchmark", help='an mteb benchmark: "MTEB(Code, v1)" or CoIR')
     which.add_argument("--beir", help="comma-separated local BEIR-layout directories")
     parser.add_argument("--out", required=True, help="results directory")
-    parser.add_argument("--max_query_length", type=int, default=512, help="tokens, default 512")
-    parser.add_argument("--max_doc_length", type=int, default=512, help="tokens, default 512")
-    parser.add_argument("--query_prompt", default="", help="prefix of every query (default none)")
-    parser.add_argument("--document_prompt", default="", help="prefix of every document")
-    parser.add_argument("--batch_size", type=int, default=32,
+    parser.add_argument("--max-query-length", type=positive_int, default=512,
+                        help="tokens, default 512")
+    parser.add_argument("--max-doc-length", type=positive_int, default=512,
+                        help="tokens, default 512")
+    parser.add_argument("--query-prompt", default="", help="prefix of every query (default none)")
+    parser.add_argument("--document-prompt", default="", help="prefix of every document")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="rows of 512 tokens per encoder call (default 32)")
     parser.add_argument("--name", help='model name in the results, "org/model" '
                         "(default jbert/<model dir name>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep results already in --out (same model only)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="keep results already in --out (same model only)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the results already in --out")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
+    from jbert.data.atomic import refuse_existing, write_text
     from jbert.evaluation.mteb_encoder import mteb_encoder, run, select_tasks
-    from jbert.training.cli import ConfigError, usage_errors
 
     def names(arg: str | None) -> list[str]:
         return [x.strip() for x in (arg or "").split(",") if x.strip()]
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = {k: v for k, v in (("query", args.query_prompt),
                                  ("document", args.document_prompt)) if v}
     with usage_errors():
+        refuse_existing(args.out, f"--out {args.out}", args.overwrite or args.resume,
+                        entries=("results", "jbert_mteb.json"))
         try:
             tasks = select_tasks(tasks=names(args.tasks), benchmark=args.benchmark,
                                  beir=names(args.beir))
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"model": args.model, "name": encoder.mteb_model_meta.name,
               "max_query_length": args.max_query_length, "max_doc_length": args.max_doc_length,
               "prompts": dict(encoder.model_prompts or {}), "scores": scores}
-    Path(args.out, "jbert_mteb.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text(Path(args.out, "jbert_mteb.json"), json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -9,16 +9,21 @@ With no --source, the sources are the running Python's stdlib, site-packages and
 
 import argparse
 
+from jbert.data.atomic import refuse_existing
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
-from jbert.data.prepare import PrepareConfig, prepare_data
+from jbert.data.prepare import BUILD, PrepareConfig, prepare_data
 from jbert.data.tokenizer import load_tokenizer
-from jbert.training.cli import usage_errors
+from jbert.errors import InputError
+from jbert.hf.hub import locate
+from jbert.training.cli import ArgumentParser, usage_errors
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m train.prepare_corpus", description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(prog="python -m train.prepare_corpus", description=__doc__,
+                       formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="artifacts/data", help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the corpus, tokenizer and pairs of an earlier build in --out")
     p.add_argument("--source", action="append", default=[], help="NAME=PATH[@DEPTH], repeatable")
     p.add_argument("--fetched", help="also walk what scripts/fetch_sources.sh put in this folder")
     p.add_argument("--no-default-sources", action="store_true", help="skip the Python install")
@@ -39,10 +44,14 @@ def main(argv: list[str] | None = None) -> None:
 
     # Extra languages first: a --max-bytes cap then trims the (large) Python installation.
     with usage_errors():
+        refuse_existing(a.out, f"--out {a.out}", a.overwrite, entries=BUILD)
         sources = fetched_sources(a.fetched) if a.fetched else []
+        if a.fetched and not sources:
+            raise InputError(f"--fetched {a.fetched}: no deb/ or npm/ packages there (what "
+                             "scripts/fetch_sources.sh unpacks)")
         sources += [parse_source(s) for s in a.source]
         if a.tokenizer:  # checked before the corpus is built, not after
-            load_tokenizer(a.tokenizer)
+            load_tokenizer(locate(a.tokenizer, f"--tokenizer {a.tokenizer}", repo_type="model"))
     sources += [] if a.no_default_sources else default_sources()
     if not sources:
         p.error("no sources: drop --no-default-sources or give --source/--fetched")
@@ -60,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         pair_workers=a.pair_workers,
         measure=not a.no_measure,
     )
-    prepare_data(sources, a.out, cfg)
+    with usage_errors(InputError):  # sources that keep no file
+        prepare_data(sources, a.out, cfg)
 
 
 if __name__ == "__main__":

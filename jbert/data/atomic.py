@@ -1,4 +1,5 @@
-"""Output directories written whole or not at all: built in a temporary sibling, then renamed.
+"""Outputs written whole or not at all: built in a temporary sibling, then renamed; and the
+refusal to replace an existing output unless asked (`--overwrite`).
 
 An interrupted writer (crash, kill -9, full disk) leaves either the old directory or the new
 complete one, plus at worst a hidden `.NAME.tmp-*` sibling; never a mix of both.
@@ -10,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -52,3 +53,37 @@ def atomic_dir(out: str | os.PathLike, owned: Callable[[str], bool]) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_existing(path: str | os.PathLike, what: str, overwrite: bool,
+                    entries: Iterable[str] | None = None) -> None:
+    """Raises `FileExistsError` naming `what` (a flag and its value) when `path` holds
+    something a writer would replace and `overwrite` (the `--overwrite` flag) is not given: the
+    file, a non-empty directory or, with `entries`, any of those names in the directory. Entry
+    points call it before any other work, so a refusal writes nothing and costs nothing."""
+    out = Path(path)
+    if overwrite or not out.exists():
+        return
+    if out.is_dir():
+        found = sorted(p.name for p in out.iterdir() if entries is None or p.name in entries)
+        if not found:
+            return
+        raise FileExistsError(f"{what}: holds {', '.join(found[:5])}"
+                              f"{' ...' if len(found) > 5 else ''} already; give --overwrite "
+                              "to replace it")
+    raise FileExistsError(f"{what}: exists; give --overwrite to replace it")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes a file whole or not at all: a hidden sibling renamed over `path`."""
+    out = Path(path).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

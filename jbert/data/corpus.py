@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from jbert.data.atomic import atomic_dir
 from jbert.data.languages import PROSE_LANGUAGES, detect_language
+from jbert.errors import InputError
 
 SKIP_REASONS = (
     "unknown_language",  # no language from name/extension/shebang (not read)
@@ -309,16 +310,24 @@ def build_corpus(
     seed: int = 0,
     shard_bytes: int = 64 << 20,
     filt: FileFilter = FileFilter(),
+    allow_empty: bool = True,
 ) -> CorpusStats:
     """Walks `sources` and writes `train-*.parquet` / `test-*.parquet` + `stats.json` to `out_dir`.
 
     Stops after `max_files` kept files or `max_bytes` kept bytes (the stats say `truncated`).
     `out_dir` is replaced whole once the new corpus is complete (an interrupted build leaves the
-    old one), and only if it holds nothing but an earlier corpus.
+    old one), and only if it holds nothing but an earlier corpus. Without `allow_empty`, sources
+    that keep no file are an `InputError` naming them, and `out_dir` stays as it was.
     """
     with atomic_dir(out_dir, _is_corpus_file) as out:
-        return _write_corpus(sources, out, max_files, max_bytes, test_fraction, seed,
-                             shard_bytes, filt)
+        stats = _write_corpus(sources, out, max_files, max_bytes, test_fraction, seed,
+                              shard_bytes, filt)
+        if not allow_empty and not sum(stats.files.values()):
+            skipped = f", skipped {dict(stats.skipped)}" if stats.skipped else ""
+            where = ", ".join(f"{s.name}={s.root}" for s in sources)
+            raise InputError(f"no file kept from the sources ({where}{skipped}): nothing to "
+                             "build")
+        return stats
 
 
 def _is_corpus_file(name: str) -> bool:
@@ -365,9 +374,12 @@ def corpus_files(spec: str | os.PathLike, split: str = "train") -> list[str]:
 def load_corpus(spec: str | os.PathLike, split: str = "train", streaming: bool = False):
     """A `datasets` dataset from a corpus directory, parquet/jsonl file(s) or a hub dataset name.
 
-    Hub names need network access; offline, pass local files.
+    Hub names need network access or the local cache; a missing local path is a
+    `FileNotFoundError` (`jbert.hf.hub.locate` tells the two apart).
     """
     import datasets
+
+    from jbert.hf.hub import locate
 
     spec = str(spec)
     if os.path.isdir(spec):
@@ -378,4 +390,4 @@ def load_corpus(spec: str | os.PathLike, split: str = "train", streaming: bool =
     if os.path.isfile(spec) or any(c in spec for c in "*?"):
         kind = "json" if spec.endswith((".jsonl", ".json", ".jsonl.gz")) else "parquet"
         return datasets.load_dataset(kind, data_files=spec, split="train", streaming=streaming)
-    return datasets.load_dataset(spec, split=split, streaming=streaming)
+    return datasets.load_dataset(str(locate(spec)), split=split, streaming=streaming)

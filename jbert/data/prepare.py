@@ -53,16 +53,29 @@ def tokenizer_texts(corpus_dir: str | os.PathLike, max_bytes: int) -> Iterator[s
                     yield text
 
 
+# What `prepare_data` writes into its output directory (and replaces there).
+BUILD = ("corpus", "tokenizer", "pairs", "summary.json")
+
+
 def prepare_data(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: PrepareConfig) -> dict:
-    """Builds `out_dir/{corpus,tokenizer,pairs}` and writes `out_dir/summary.json`; returns it."""
+    """Builds `out_dir/{corpus,tokenizer,pairs}` and writes `out_dir/summary.json`; returns it.
+
+    Sources that keep no file are an `InputError` before anything is written (an `out_dir`
+    made for the build is removed again)."""
     out = Path(out_dir)
+    made = not out.exists()
     summary: dict = {"sources": [dataclasses.asdict(s) for s in sources]}
     t0 = time.perf_counter()
     filt = FileFilter(max_file_bytes=cfg.max_file_bytes)
-    stats = build_corpus(
-        sources, out / "corpus", max_files=cfg.max_files, max_bytes=cfg.max_bytes,
-        test_fraction=cfg.test_fraction, seed=cfg.seed, filt=filt,
-    )  # fmt: skip
+    try:
+        stats = build_corpus(
+            sources, out / "corpus", max_files=cfg.max_files, max_bytes=cfg.max_bytes,
+            test_fraction=cfg.test_fraction, seed=cfg.seed, filt=filt, allow_empty=False,
+        )  # fmt: skip
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     summary["corpus"] = {**stats.to_json(), "seconds": time.perf_counter() - t0}
     _log("corpus", summary["corpus"])
 
