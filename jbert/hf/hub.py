@@ -1,5 +1,7 @@
-"""Where a user's "local path or hub name" points: one decision for every loader that takes
-one (pairs, corpora, BEIR sets, checkpoints, tokenizers).
+"""Where a user's "local path or hub name" points: one decision (`locate`) for what takes
+either: `load_corpus`, `load_pretrained`, and the pairs and tokenizer specs of the `train/*`
+tools and the contrastive task (`contrastive.sources`, `eval_pairs`). BEIR sets and run
+directories are only ever local.
 
 A spec that exists on disk is local. So is one that looks like a path: it starts with `.`, `/`
 or `~`, has no `/` or more than one, ends in a file suffix (`.jsonl`, `.parquet`, ...), is not a
