@@ -63,12 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("nothing to evaluate: give --model, or drop --no-bm25")
 
     from jbert.data.atomic import refuse_existing, write_text
+    from jbert.data.hub import locate
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
     from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
     from jbert.evaluation.embedder import Embedder
     from jbert.evaluation.retrieval import evaluate_retrieval
-    from jbert.hf.hub import locate
 
     with usage_errors():
         if args.out:

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from jbert.data.atomic import atomic_dir, refuse_existing
+    from jbert.data.hub import locate
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
-    from jbert.hf.hub import locate
     from jbert.tasks.mining import MiningConfig, bm25_negatives, dense_negatives
 
     src, out = Path(args.pairs), Path(args.out)

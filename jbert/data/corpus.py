@@ -375,11 +375,11 @@ def load_corpus(spec: str | os.PathLike, split: str = "train", streaming: bool =
     """A `datasets` dataset from a corpus directory, parquet/jsonl file(s) or a hub dataset name.
 
     Hub names need network access or the local cache; a missing local path is a
-    `FileNotFoundError` (`jbert.hf.hub.locate` tells the two apart).
+    `FileNotFoundError` (`jbert.data.hub.locate` tells the two apart).
     """
     import datasets
 
-    from jbert.hf.hub import locate
+    from jbert.data.hub import locate
 
     spec = str(spec)
     if os.path.isdir(spec):

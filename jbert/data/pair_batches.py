@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from jbert.data.hub import locate
 from jbert.data.jsonl import iter_jsonl
 from jbert.data.tokenizer import tokenize_texts
 from jbert.errors import InputError
@@ -42,12 +43,13 @@ def _check_pair(row: dict, where: str) -> dict:
 
 def load_pairs(spec: str | os.PathLike, split: str = "train") -> list[dict]:
     """Pairs from a jsonl file, a directory with `{split}.jsonl` (as `build_pairs` writes), or a
-    hub dataset name with `query`/`positive` columns (needs network access)."""
-    p = Path(spec)
-    if p.is_dir():
-        p = p / f"{split}.jsonl"
-    if p.is_file():
-        return read_pair_file(p)
+    hub dataset name with `query`/`positive` columns (needs network access). A missing local
+    path is a `FileNotFoundError`, never tried on the hub (`jbert.data.hub.locate`)."""
+    where = locate(spec)
+    if isinstance(where, Path):
+        file = where / f"{split}.jsonl" if where.is_dir() else where
+        if file.is_file():
+            return read_pair_file(file)
     import datasets
 
     ds = datasets.load_dataset(str(spec), split=split)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from jbert.data.hub import locate
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 VOCAB_MULTIPLE = 64
@@ -144,16 +145,14 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike, model_max_l
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Loads a `tokenizer.json` file, a directory holding one (ours or any HF model's), or a hub
-    name (needs network access)."""
-    p = Path(path)
-    if p.is_dir():
+    name (needs network access; a missing local path is never tried there)."""
+    p = locate(path, f"tokenizer {str(path)!r}", repo_type="model")
+    if isinstance(p, Path) and p.is_dir():
         p = p / "tokenizer.json"
         if not p.is_file():
             raise FileNotFoundError(f"no tokenizer.json in tokenizer directory {str(path)!r}")
-    if p.is_file():
+    if isinstance(p, Path):
         return Tokenizer.from_file(str(p))
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)):
-        raise FileNotFoundError(f"tokenizer {str(path)!r} is neither a file nor a directory")
     try:
         return Tokenizer.from_pretrained(str(path))
     except Exception as e:  # offline, or no such repo

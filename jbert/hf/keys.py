@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jbert.data.hub import locate
 from jbert.errors import InputError
 from jbert.model.config import JinaBertConfig
 from jbert.model.functional import abstract_params
@@ -137,10 +138,10 @@ def hf_shapes(config: JinaBertConfig, head: str = "base") -> dict[str, tuple[int
 
 def local_dir(path: str | os.PathLike, revision: str | None) -> Path:
     """A local checkpoint directory, or the hub snapshot of an 'owner/name' id."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
+    where = locate(path, repo_type="model")  # a missing local path: one line, no hub
+    if isinstance(where, Path):
+        if where.is_dir():
+            return where
         raise FileNotFoundError(f"{path} is not a checkpoint directory (nor a hub id "
                                 "'owner/name')")
     from huggingface_hub import snapshot_download  # a dependency of `datasets`

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbert.hf.hub import locate
+from jbert.data.hub import locate
 from jbert.hf.keys import (
     ENCODER_ROOTS,
     SAFETENSORS,

@@ -506,8 +506,8 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
     """Training pairs per source (`contrastive.sources`, default `<data.dir>/pairs`), with hard
     negatives mined by BM25 (cached beside the pairs) where the pairs have fewer than asked
     for."""
+    from jbert.data.hub import locate
     from jbert.data.pair_batches import load_pairs
-    from jbert.hf.hub import locate
     from jbert.tasks.mining import cached_bm25_negatives
 
     specs = [s.strip() for s in cfg.contrastive.sources.split(",") if s.strip()]
@@ -556,11 +556,11 @@ def contrastive_step_fns(cfg: TrainConfig, mesh: Mesh | None = None
 def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, dict]:
     """The contrastive Task (plain or GradCache step, retrieval eval with the BM25 line) and
     facts about its data."""
+    from jbert.data.hub import locate
     from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
     from jbert.data.tokenizer import load_tokenizer
     from jbert.evaluation.beir import pairs_to_sets
     from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
-    from jbert.hf.hub import locate
     from jbert.training.trainer import Task
 
     c = cfg.contrastive
