@@ -21,7 +21,6 @@ docs/scaling.md has the recipes' table.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 NO_FIT = 3  # the exit status of a step that compiled but does not fit (2: bad input)
 
@@ -33,10 +32,17 @@ def main(argv: list[str] | None = None) -> dict:
     platform = target_platform_in(argv)
     if platform:  # before JAX starts: it looks for its backends once
         use_compile_plugin(platform)
+    from jbert.data.atomic import refuse_existing, write_text
     from jbert.errors import InputError
-    from jbert.training.cli import CONFIG_HELP, help_and_exit, parse_cli, usage_errors
+    from jbert.training.cli import (
+        CONFIG_HELP,
+        ArgumentParser,
+        help_and_exit,
+        parse_cli,
+        usage_errors,
+    )
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m train.compile", description=__doc__, epilog=CONFIG_HELP,
         usage="%(prog)s --config FILE[:ARG] --target TARGET [--config.KEY=VALUE ...]",
         formatter_class=argparse.RawTextHelpFormatter)
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mfu", type=float, default=0.40,
                         help="MFU the step time is estimated at (default 0.40)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     with usage_errors():
         help_and_exit(parser, argv)
         config, rest = parse_cli(argv)
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not (0.0 <= args.headroom < 1.0 and 0.0 < args.mfu <= 1.0):
             raise InputError(f"--headroom {args.headroom} must be in [0, 1), --mfu {args.mfu} "
                              "in (0, 1]")
+        if args.json:
+            refuse_existing(args.json, f"--json {args.json}", args.overwrite)
 
     import jax
 
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 headroom=args.headroom, mfu=args.mfu)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_text(args.json, json.dumps(report, indent=1))
     if not report["fits"]:
         raise SystemExit(NO_FIT)
     return report

@@ -1,6 +1,7 @@
 """Build the corpus, tokenizer and docstring/code pairs both training stages read.
 
-  python -m train.prepare_corpus --out artifacts/data-demo --max-bytes 20000000   # demo, <1 min
+  python -m train.prepare_corpus --out artifacts/data-tiny --max-bytes 8388608 \
+      --vocab-size 4096 --tokenizer-max-bytes 8388608              # the demo's data, seconds
   scripts/fetch_sources.sh data/sources                                           # more languages
   python -m train.prepare_corpus --out artifacts/data --fetched data/sources      # docs/data.md
 
@@ -11,10 +12,10 @@ import argparse
 
 from jbert.data.atomic import refuse_existing
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
+from jbert.data.hub import locate
 from jbert.data.prepare import BUILD, PrepareConfig, prepare_data
 from jbert.data.tokenizer import load_tokenizer
 from jbert.errors import InputError
-from jbert.hf.hub import locate
 from jbert.training.cli import ArgumentParser, usage_errors
 
 
