@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jbert.errors import CorruptCheckpointError, InputError
 from jbert.training.cli import parse_training_cli, usage_errors
+from jbert.training.preemption import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> dict:
     with usage_errors(InputError, CorruptCheckpointError):  # checks before the first step
         summary = train(config, task, data_facts=facts)
     summary.pop("state")
+    if config.contrastive.export and summary["status"] == "done":
+        # The encoder alone (`base`): what sentence-transformers and AutoModel load. Every
+        # process reads the checkpoint, process 0 writes.
+        summary["export"] = str(export_run(config.workdir, Path(config.workdir) / "export",
+                                           head="base", overwrite=True))
     if jax.process_index() == 0:
-        if config.contrastive.export and summary["status"] == "done":
-            # The encoder alone (`base`): what sentence-transformers and AutoModel load.
-            summary["export"] = str(export_run(config.workdir, Path(config.workdir) / "export",
-                                               head="base", overwrite=True))
         print(json.dumps({k: summary[k] for k in ("status", "end_step", "last", "final_eval",
                                                   "data", "export") if k in summary},
                          indent=1, default=float))
@@ -45,4 +47,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))  # 75 after a SIGTERM/SIGINT stop: run it again to resume

@@ -4,9 +4,12 @@
 """
 
 import argparse
+import sys
+
+from jbert.training.preemption import exit_status
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     from jbert.training.cli import ArgumentParser, positive_int
 
     p = ArgumentParser(prog="python -m train.demo", description=__doc__,
@@ -19,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from jbert.tasks.demo import run
 
-    run(a.workdir, mlm_steps=a.mlm_steps, contrastive_steps=a.contrastive_steps)
+    return run(a.workdir, mlm_steps=a.mlm_steps, contrastive_steps=a.contrastive_steps)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))  # 75 after a SIGTERM/SIGINT stop: run it again to resume

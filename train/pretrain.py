@@ -11,6 +11,7 @@ import sys
 
 from jbert.errors import CorruptCheckpointError, InputError
 from jbert.training.cli import parse_training_cli, usage_errors
+from jbert.training.preemption import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))  # 75 after a SIGTERM/SIGINT stop: run it again to resume

@@ -44,6 +44,8 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
           f"-> {mlm.workdir}", flush=True)
     task, facts = mlm_task(mlm)
     mlm_summary = train(mlm, task, data_facts=facts)
+    if mlm_summary["status"] == "preempted":  # a signal stopped it: the next run resumes
+        return {"status": "preempted", "stage": mlm.workdir}
 
     tune = load_config(str(CONFIGS / "contrastive_tiny.py"))
     tune = dataclasses.replace(tune, workdir=str(workdir / "contrastive"), init_from=mlm.workdir,
@@ -51,7 +53,8 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
     print(f"[demo] 3/5 contrastive tuning ({tune.steps} steps) -> {tune.workdir}", flush=True)
     mesh = make_mesh(tune.mesh.data, tune.mesh.fsdp, tune.mesh.tensor)
     task, tune_facts = contrastive_task(tune, mesh)
-    train(tune, task, data_facts=tune_facts)
+    if train(tune, task, data_facts=tune_facts)["status"] == "preempted":
+        return {"status": "preempted", "stage": tune.workdir}
 
     export_dir = workdir / "export"
     print(f"[demo] 4/5 export (HF + sentence-transformers layout) -> {export_dir}", flush=True)

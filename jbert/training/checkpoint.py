@@ -255,8 +255,12 @@ class Checkpointer:
                                prefix="['params']")
         return stack_layers(dict(iter_leaves(params))) if per_layer else params
 
-    def close(self) -> None:
+    def wait(self) -> None:
+        """Returns once every save started so far is committed."""
         self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
         self.manager.close()
 
 

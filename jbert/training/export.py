@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from jbert.errors import ConfigError, InputError
 from jbert.hf.load import load_pretrained
 from jbert.hf.save import save_pretrained
@@ -107,8 +109,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     `self_contained` ships jbert's own modeling code with it (see `save_pretrained`). The run's
     `contrastive.query_prompt` / `doc_prompt` become the export's "query" / "document" prompts
     and its `contrastive.matryoshka_dims` are recorded beside them; the model card tells the
-    run's recipe, data, hardware, time and evaluation (`run_card`)."""
+    run's recipe, data, hardware, time and evaluation (`run_card`).
+
+    In a multi-process run every process calls it (orbax reads a checkpoint collectively:
+    process 0 alone would wait for the others forever) and process 0 writes."""
     config, params, trained_head, step = load_run_params(run_dir, step)
+    if jax.process_index() != 0:
+        return Path(out)
     cfg = run_config(run_dir)
     if tokenizer is None:
         candidate = Path(cfg.data.dir) / "tokenizer"

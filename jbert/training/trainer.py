@@ -3,8 +3,9 @@
 A `Task` says what is trained (head, loss, data); the loop does the rest: mesh, sharded state,
 resume or weights-only init, the jitted step with donated state, global batches assembled from
 each process's own rows, metrics one step late, periodic eval, checkpoints with the data
-position, a stop on non-finite numbers that keeps the last good checkpoint, and a clean save on
-SIGTERM (preemption notice).
+position, a stop on non-finite numbers that keeps the last good checkpoint, a clean save on
+SIGTERM or SIGINT at a step every process agrees on (`jbert.training.preemption`), and one run
+per workdir (`jbert.training.run_lock`).
 
 Precedence at start: a checkpoint in `workdir/checkpoints` (resume) beats `init_from` (weights
 only, fresh optimizer and data), which beats fresh initialisation. Nothing is written before
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jbert.errors import ConfigError
 from jbert.model import functional, lora
@@ -46,6 +48,8 @@ from jbert.training.export import init_params_from, lora_base
 from jbert.training.flops import peak_flops_per_device
 from jbert.training.logger import MetricsLogger
 from jbert.training.optim import learning_rate_schedule, make_optimizer
+from jbert.training.preemption import Preemption
+from jbert.training.run_lock import acquire_run_lock
 from jbert.training.state import State, abstract_with_shardings, init_state, param_shardings
 from jbert.training.step import GradFn, LossFn, eval_step, lora_train_step, train_step
 
@@ -193,30 +197,37 @@ def _resumed_lora(cfg: LoRAConfig, meta: dict, step_dir: Path) -> SavedLoRA:
     return saved
 
 
+def all_positions(position: dict) -> dict:
+    """Every process's data position, as one checkpoint item: orbax writes the JSON of process
+    0 only, and each process reads its own rows (`{"per_process": [...]}` with several)."""
+    if jax.process_count() == 1:
+        return position
+    blob = np.frombuffer(json.dumps(position).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.int32(blob.size))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:blob.size] = blob
+    rows = multihost_utils.process_allgather(padded)
+    return {"per_process": [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes,
+                                                                          strict=True)]}
+
+
+def own_position(saved: dict | None) -> dict | None:
+    """This process's data position from a checkpoint's `all_positions`."""
+    if saved is None or "per_process" not in saved:
+        return saved
+    positions = saved["per_process"]
+    if len(positions) != jax.process_count():
+        if jax.process_index() == 0:
+            print(f"[jbert] warning: the checkpoint holds the data positions of {len(positions)} "
+                  f"processes, this run has {jax.process_count()}: each process goes on from "
+                  "process 0's, so the data order is not the uninterrupted run's",
+                  file=sys.stderr, flush=True)
+        return positions[0]
+    return positions[jax.process_index()]
+
+
 def _has_checkpoints(directory: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop reads at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
@@ -242,15 +253,22 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     train_fn, abstract, plain_sh = build_train_step(cfg, mesh, tx, task.head, task.loss_fn,
                                                     task.grad_fn)
     summarize = task.summarize or default_summary
+    # Before anything in the workdir is read or written; given back (and a workdir it made
+    # removed) when the start fails.
+    lock = acquire_run_lock(workdir)
 
     def make_checkpointer() -> Checkpointer:
         return Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
                             async_save=cfg.checkpoint.async_save)
 
     # Newest checkpoint that reads back intact; unreadable ones are reported and set aside.
-    # Until the data iterator exists nothing is written (the checkpointer creates its dir).
-    checkpointer = make_checkpointer() if _has_checkpoints(workdir / "checkpoints") else None
+    # Until the data iterator exists nothing but the lock is written (the checkpointer creates
+    # its dir); a failure before the loop gives the lock back.
+    checkpointer = None
+    meta: dict[str, Any] = {}
     try:
+        if _has_checkpoints(workdir / "checkpoints"):
+            checkpointer = make_checkpointer()
         restored = None
         if checkpointer is not None:
             try:
@@ -261,6 +279,7 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
         base, base_source = None, None  # LoRA: the frozen weights, not part of the state
         if restored is not None:
             latest, state, data_state, meta = restored
+            data_state = own_position(data_state)
             origin = f"resumed from step {latest}"
             if lora_cfg is not None:
                 step_dir = workdir / "checkpoints" / str(latest)
@@ -281,38 +300,41 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
             origin += (f"; LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}, "
                        f"base {base_source}")
         data = task.train_data(jax.process_index(), jax.process_count(), data_state)
+        start_step = int(state["step"])
+        workdir.mkdir(parents=True, exist_ok=True)
+        checkpointer = checkpointer or make_checkpointer()
+        if jax.process_index() == 0:
+            (workdir / "config.json").write_text(to_json(cfg))
+
+        batch_sh = batch_sharding(mesh)
+        # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
+        step_fn = with_mesh(train_fn, mesh)
+        eval_fn = with_mesh(jax.jit(
+            functools.partial(eval_step, loss_fn=task.loss_fn),
+            in_shardings=(plain_sh, batch_sh)), mesh)
+        meta_extra: dict[str, Any] = {}
+        if lora_cfg is not None:
+            base = jax.device_put(base, plain_sh)
+            lora_step_fn = step_fn
+            step_fn = lambda state, batch: lora_step_fn(state, batch, base)  # noqa: E731
+            merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg),
+                               out_shardings=plain_sh)
+            meta_extra["lora"] = lora_meta(lora_cfg, base_source,
+                                           functional.encoder_params(base))
+        eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
+                        if task.eval_data else [])
+
+        logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
+                               progress=cfg.progress, prefix=task.head)
+        logger.print(f"[jbert] {origin}; {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
+                     f"{local_rows} rows per process; logs in {workdir}")
+        peak = peak_flops_per_device(cfg.peak_flops_per_device)
     except BaseException:
         if checkpointer is not None:
             checkpointer.close()
+        if lock is not None:
+            lock.release(remove_created=True)
         raise
-    start_step = int(state["step"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpointer = checkpointer or make_checkpointer()
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(to_json(cfg))
-
-    batch_sh = batch_sharding(mesh)
-    # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
-    step_fn = with_mesh(train_fn, mesh)
-    eval_fn = with_mesh(jax.jit(
-        functools.partial(eval_step, loss_fn=task.loss_fn),
-        in_shardings=(plain_sh, batch_sh)), mesh)
-    meta_extra: dict[str, Any] = {}
-    if lora_cfg is not None:
-        base = jax.device_put(base, plain_sh)
-        lora_step_fn = step_fn
-        step_fn = lambda state, batch: lora_step_fn(state, batch, base)  # noqa: E731
-        merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg), out_shardings=plain_sh)
-        meta_extra["lora"] = lora_meta(lora_cfg, base_source,
-                                       functional.encoder_params(base))
-    eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
-                    if task.eval_data else [])
-
-    logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
-                           progress=cfg.progress, prefix=task.head)
-    logger.print(f"[jbert] {origin}; {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
-                 f"{local_rows} rows per process; logs in {workdir}")
-    peak = peak_flops_per_device(cfg.peak_flops_per_device)
 
     def run_eval(params) -> dict[str, float]:
         if lora_cfg is not None:  # the adapted model, as plain weights
@@ -379,29 +401,43 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
         return values
 
 
-    with _Preemption() as preemption:
+    with Preemption() as preemption:
         try:
+            if meta.get("eval_pending"):  # skipped when a signal stopped the run at that step
+                record = run_eval(state["params"])
+                if record:
+                    logger.write(start_step, record)
             for step in range(start_step + 1, cfg.steps + 1):
                 position = data.get_state()
                 state, metrics = step_fn(state, global_batch(next(data), batch_sh))
                 if pending is not None:
                     drain(pending)
                 pending = (step, metrics, position)
-                stopping = preemption.requested or step == stop_at
+                preempted = preemption.stop_at(step)  # every process, every step
+                stopping = preempted or step == stop_at
                 checkpoint_due = step % cfg.checkpoint.every_steps == 0 or step == cfg.steps
+                eval_due = step % cfg.eval_every == 0 and step != cfg.steps
                 if checkpoint_due or stopping:
                     drain(pending)  # never checkpoint a state whose step was non-finite
                     pending = None
-                    save(step, state, data.get_state(),
+                    # A signal skips the eval (the stop stays prompt): the resumed run does it.
+                    save(step, state, all_positions(data.get_state()),
                          {"step": step, "head": task.head, **meta_extra,
-                          **summary.get("last", {})}, force=True)
-                if step % cfg.eval_every == 0 and step != cfg.steps:
+                          **summary.get("last", {}), "eval_pending": eval_due and preempted},
+                         force=True)
+                if eval_due and not preempted:
                     record = run_eval(state["params"])
                     if record:
                         logger.write(step, record)
                 if stopping:
-                    summary["status"] = "preempted" if preemption.requested else "stopped"
-                    logger.print(f"[jbert] {summary['status']}: saved step {step}, exiting")
+                    if preempted:
+                        summary["status"] = "preempted"
+                        checkpointer.wait()  # until the checkpoint is committed
+                        logger.print(f"[jbert] preempted ({preemption.signal}): saved step "
+                                     f"{step}; run the same command again to resume")
+                    else:
+                        summary["status"] = "stopped"
+                        logger.print(f"[jbert] stopped: saved step {step}, exiting")
                     break
             else:
                 if pending is not None:
@@ -417,6 +453,8 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
         finally:
             checkpointer.close()
             logger.close()
+            if lock is not None:
+                lock.release()
             summary["end_step"] = int(jax.device_get(state["step"]))
             summary["wall_time_s"] = earlier_s + time.perf_counter() - started
             if jax.process_index() == 0:

@@ -1,4 +1,5 @@
-"""A tiny single-device training the reliability tests kill: python kill_worker.py WORKDIR STEPS.
+"""A tiny single-device training the reliability tests kill or preempt: python kill_worker.py
+WORKDIR STEPS. Exits as the entry points do (75 when a signal stopped it).
 
 Prints `STEP n` before each step's batch, `SAVE n` once a checkpoint save has started (the
 write goes on in the background) and `EVAL n` at the start of an eval, which sleeps a little so
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 from helpers.synthetic import SyntheticBatches, synthetic_task, tiny_config  # noqa: E402
 from jbert.training import checkpoint  # noqa: E402
 from jbert.training.config import MeshConfig  # noqa: E402
+from jbert.training.preemption import exit_status  # noqa: E402
 from jbert.training.trainer import train  # noqa: E402
 
 workdir, steps = sys.argv[1], int(sys.argv[2])
@@ -61,3 +63,4 @@ summary = train(cfg, task)
 np.savez(os.path.join(workdir, "final_params.npz"),
          *jax.tree.leaves(jax.device_get(summary["state"]["params"])))
 print("STATUS", summary["status"], summary["origin"], flush=True)
+sys.exit(exit_status(summary))
