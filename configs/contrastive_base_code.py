@@ -1,7 +1,7 @@
 """Contrastive tuning of the base-code backbone into a code search model (paper recipe).
 
 Run:   python -m train.contrastive --config configs/contrastive_base_code.py \\
-           [--coordinator HOST:PORT --num_processes N --process_id I]
+           [--coordinator HOST:PORT --num-processes N --process-id I]
        then the hard-negative stage from that run:
        python -m train.contrastive --config configs/contrastive_base_code.py:hardneg
 Where: GPUs or TPUs: 8 x H100 (mesh data=8) or a TPU v4-32 (16 devices). A CPU cannot run it.

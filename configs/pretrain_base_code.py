@@ -2,7 +2,7 @@
 
 Run:   python -m train.prepare_corpus --out artifacts/data --fetched data/sources
        python -m train.pretrain --config configs/pretrain_base_code.py \\
-           [--coordinator HOST:PORT --num_processes N --process_id I]
+           [--coordinator HOST:PORT --num-processes N --process-id I]
 Where: GPUs or TPUs: 8 x H100 (mesh data=8) or a TPU v5p-32 / v4-32 (16 devices); a CPU cannot
        run it (one step of 8 x 512 tokens takes ~30 s on 2 cores, see docs/benchmarks.md).
        Compiled (`python -m train.compile --config configs/pretrain_base_code.py --target

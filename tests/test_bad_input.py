@@ -464,7 +464,7 @@ def test_multihost_flags_answer_to_both_spellings_and_config_keys_keep_underscor
 
     for flags in (["--num_processes", "2", "--process_id", "0"],
                   ["--num-processes", "2", "--process-id=0"]):
-        with pytest.raises(ConfigError, match="--num_processes and --process_id need "
+        with pytest.raises(ConfigError, match="--num-processes and --process-id need "
                                           "--coordinator"):
             parse_training_cli(["--config", str(ROOT / "configs" / "pretrain_tiny.py"), *flags])
     config = parse_training_cli(["--config", str(ROOT / "configs" / "pretrain_tiny.py"),

@@ -191,8 +191,8 @@ def _contrastive_commands(argv: list[str], processes: int) -> list[list[str]]:
     if processes == 1:
         return [command]
     port = str(_port())
-    return [command + ["--coordinator", f"localhost:{port}", "--num_processes", "2",
-                       "--process_id", str(i)] for i in range(processes)]
+    return [command + ["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                       "--process-id", str(i)] for i in range(processes)]
 
 
 @pytest.mark.slow
@@ -255,18 +255,18 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_ov
         tmp_path, capsys):
     """A live holder (another process): the run stops with one line naming its host, pid and
     start time, and the workdir stays byte for byte as it was. Once the holder is killed (-9:
-    its lock stays behind), the next run takes the lock over with a message and trains."""
+    its lock stays behind), the next run takes the lock over with a message."""
     workdir = tmp_path / "run"
-    cfg = tiny_config(workdir, steps=3)
-    train(cfg, synthetic_task(cfg))
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("the user's\n")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir)], env=_env(),
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "HELD\n"
         before = _snapshot(workdir)
-        longer = tiny_config(workdir, steps=6)
+        cfg = tiny_config(workdir, steps=2)
         with pytest.raises(WorkdirBusyError) as refused:
-            train(longer, synthetic_task(longer))
+            train(cfg, synthetic_task(cfg))
         message = str(refused.value)
         assert f"{workdir} is in use by another run (host {socket.gethostname()}, pid " \
                f"{holder.pid}, started 20" in message and "another --config.workdir" in message
@@ -275,8 +275,10 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_dead_runs_lock_taken_ov
         holder.kill()
         holder.wait()
     assert (workdir / LOCK_NAME).exists()  # left behind by the kill
-    summary = train(longer, synthetic_task(longer))
-    assert summary["status"] == "done" and summary["origin"] == "resumed from step 3"
+    taken = run_lock.acquire_run_lock(workdir)  # what the next train() does first
+    assert json.loads((workdir / LOCK_NAME).read_text())["pid"] == os.getpid()
+    taken.release()
+    assert (workdir / "notes.txt").read_text() == "the user's\n"
     assert f"taking over {workdir / LOCK_NAME} from a run that ended without releasing it " \
            f"(host {socket.gethostname()}, pid {holder.pid}" in capsys.readouterr().err
     assert not (workdir / LOCK_NAME).exists()

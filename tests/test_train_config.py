@@ -160,7 +160,7 @@ def test_help_from_the_command_line_exits_0():
 
 
 @pytest.mark.parametrize("flags,culprit", [
-    (["--coordinator", "localhost:1"], "--coordinator needs --num_processes and --process_id"),
+    (["--coordinator", "localhost:1"], "--coordinator needs --num-processes and --process-id"),
     (["--num_processes", "2", "--process_id", "0"], "need --coordinator HOST:PORT"),
     (["--process_id", "1"], "need --coordinator HOST:PORT"),
     (["--coordinator", "localhost", "--num_processes", "2", "--process_id", "0"],
@@ -168,9 +168,9 @@ def test_help_from_the_command_line_exits_0():
     (["--coordinator", "h:99999", "--num_processes", "2", "--process_id", "0"],
      "expected HOST:PORT"),
     (["--coordinator", "h:1", "--num_processes", "2", "--process_id", "2"],
-     "--process_id 2: must be in 0..1 for --num_processes 2"),
+     "--process-id 2: must be in 0..1 for --num-processes 2"),
     (["--coordinator", "h:1", "--num_processes", "0", "--process_id", "0"],
-     "--num_processes 0: must be >= 1"),
+     "--num-processes 0: must be >= 1"),
     (["--coordinator", "auto", "--num_processes", "2"], "--coordinator auto finds"),
 ])
 def test_bad_multihost_flags_are_one_line_before_anything_starts(flags, culprit, capsys,
@@ -194,7 +194,7 @@ def test_training_cli_takes_the_multihost_flags_and_rejects_others():
     assert config.steps == 5
     with pytest.raises(SystemExit):
         parse_training_cli(["--config", TINY, "--bogus"])
-    with pytest.raises(ValueError, match="--num_processes and --process_id"):
+    with pytest.raises(ValueError, match="--num-processes and --process-id"):
         parse_training_cli(["--config", TINY, "--coordinator", "localhost:1"])
 
 

@@ -2,8 +2,8 @@
 
   python -m train.pretrain --config configs/pretrain_tiny.py [--config.steps=500 ...]
 
-Multi-host: start one process per host with --coordinator HOST:PORT --num_processes N
---process_id I (or --coordinator auto on TPU pods and managed clusters).
+Multi-host: start one process per host with --coordinator HOST:PORT --num-processes N
+--process-id I (or --coordinator auto on TPU pods and managed clusters).
 """
 
 import json

@@ -133,25 +133,25 @@ def check_distributed_flags(coordinator: str | None, num_processes: int | None,
     given = num_processes is not None or process_id is not None
     if coordinator is None:
         if given:
-            raise ConfigError("--num_processes and --process_id need --coordinator HOST:PORT "
+            raise ConfigError("--num-processes and --process-id need --coordinator HOST:PORT "
                               "(the address of process 0)")
         return
     if coordinator == "auto":
         if given:
             raise ConfigError("--coordinator auto finds the processes itself: drop "
-                              "--num_processes and --process_id, or give --coordinator HOST:PORT")
+                              "--num-processes and --process-id, or give --coordinator HOST:PORT")
         return
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--coordinator {coordinator!r}: expected HOST:PORT of process 0 "
                           "(e.g. 10.0.0.1:1234) or 'auto'")
     if num_processes is None or process_id is None:
-        raise ConfigError("--coordinator needs --num_processes and --process_id")
+        raise ConfigError("--coordinator needs --num-processes and --process-id")
     if num_processes < 1:
-        raise ConfigError(f"--num_processes {num_processes}: must be >= 1")
+        raise ConfigError(f"--num-processes {num_processes}: must be >= 1")
     if not 0 <= process_id < num_processes:
-        raise ConfigError(f"--process_id {process_id}: must be in 0..{num_processes - 1} for "
-                          f"--num_processes {num_processes}")
+        raise ConfigError(f"--process-id {process_id}: must be in 0..{num_processes - 1} for "
+                          f"--num-processes {num_processes}")
 
 
 def help_and_exit(parser: Any, argv: list[str]) -> None:
@@ -203,7 +203,7 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     if coordinator is None:
         return
     if coordinator != "auto" and (num_processes is None or process_id is None):
-        raise ValueError("--coordinator needs --num_processes and --process_id")
+        raise ValueError("--coordinator needs --num-processes and --process-id")
     # CPU processes talk through gloo (tests and CPU clusters); GPUs and TPUs ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator == "auto":
