@@ -5,7 +5,8 @@ from helpers.synthetic import synthetic_task, tiny_config
 
 from jbert.hf.load import load_pretrained
 from jbert.model import functional
-from jbert.training.export import export_run, load_run_params, run_config
+from jbert.training.export import export_run
+from jbert.training.run_dir import load_run_params, run_config
 from jbert.training.trainer import train
 
 # A real training run behind each test: ~20 s on 2 cores.

@@ -23,8 +23,9 @@ from jbert.model.lora import TARGETS, LoRAConfig
 from jbert.ops.sharding import batch_sharding, make_mesh, with_mesh
 from jbert.training.checkpoint import Checkpointer, restore_meta
 from jbert.training.config import MeshConfig, TrainConfig, apply_overrides
-from jbert.training.export import export_run, init_params_from, load_run_params
+from jbert.training.export import export_run
 from jbert.training.optim import make_optimizer
+from jbert.training.run_dir import init_params_from, load_run_params
 from jbert.training.state import init_state, param_shardings
 from jbert.training.trainer import jit_train_step, train
 

@@ -33,8 +33,9 @@ from jbert.training.checkpoint import Checkpointer, CorruptCheckpointError
 from jbert.training.config import ConfigError, DataConfig, TrainConfig, to_json
 from jbert.training.export import export_run
 from jbert.training.optim import make_optimizer
+from jbert.training.run_dir import init_params_from
 from jbert.training.state import init_state
-from jbert.training.trainer import init_params_from, train
+from jbert.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "helpers" / "kill_worker.py"

@@ -244,7 +244,7 @@ def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
     from jbert.data.tokenizer import load_tokenizer
     from jbert.hf.load import load_pretrained
     from jbert.model import functional
-    from jbert.training.export import is_hf_export, load_run_params, run_config
+    from jbert.training.run_dir import is_hf_export, load_run_params, run_config
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -263,7 +263,7 @@ def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int
     `config_sentence_transformers.json` (`prompts`, `matryoshka_dims`; none when the file is
     absent), a jbert run's `contrastive.query_prompt` / `doc_prompt` / `matryoshka_dims`."""
     from jbert.hf.load import load_sentence_transformers_settings
-    from jbert.training.export import is_hf_export, run_config
+    from jbert.training.run_dir import is_hf_export, run_config
 
     path = Path(path)
     if is_hf_export(path):

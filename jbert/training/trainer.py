@@ -44,11 +44,11 @@ from jbert.training.checkpoint import (
     saved_lora,
 )
 from jbert.training.config import TrainConfig, to_json
-from jbert.training.export import init_params_from, lora_base
 from jbert.training.flops import peak_flops_per_device
 from jbert.training.logger import MetricsLogger
 from jbert.training.optim import learning_rate_schedule, make_optimizer
 from jbert.training.preemption import Preemption
+from jbert.training.run_dir import init_params_from, lora_base
 from jbert.training.run_lock import acquire_run_lock
 from jbert.training.state import State, abstract_with_shardings, init_state, param_shardings
 from jbert.training.step import GradFn, LossFn, eval_step, lora_train_step, train_step
