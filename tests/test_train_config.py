@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from jbert.training.cli import parse_cli, usage_errors
-from jbert.training.config import ConfigError, TrainConfig, apply_overrides, load_config
+from jbert.training.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    replace_paths,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "pretrain_tiny.py")
@@ -68,6 +74,42 @@ def test_overrides_parse_to_the_declared_types():
 def test_bad_overrides_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides(load_config(TINY), override)
+
+
+def test_replace_paths_sets_typed_values_on_the_frozen_config():
+    config = load_config(TINY)
+    new = replace_paths(config, {"data.batch_size": 64, "optim.learning_rate": 2,
+                                 "contrastive.matryoshka_dims": (64, 32), "init_from": "runs/x",
+                                 "optim.clip_norm": None, "data.whole_word": False})
+    assert new.data.batch_size == 64 and new.contrastive.matryoshka_dims == (64, 32)
+    assert new.optim.learning_rate == 2.0 and type(new.optim.learning_rate) is float
+    assert new.init_from == "runs/x" and new.optim.clip_norm is None
+    assert new.data.whole_word is False
+    assert new.model == config.model and config.data.batch_size == 32  # a copy, config untouched
+    # The same keys from the command line give the same config.
+    assert new == apply_overrides(config, {
+        "data.batch_size": "64", "optim.learning_rate": "2", "contrastive.matryoshka_dims": "64,32",
+        "init_from": "runs/x", "optim.clip_norm": "none", "data.whole_word": "false"})
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"data.batch_sise": 64}, "unknown config key 'data.batch_sise'.*did you mean 'data.batch"),
+    ({"optim.lr": 1e-3}, "unknown config key 'optim.lr'.*known: .*learning_rate"),
+    ({"data.batch_size": 64.0}, "config key 'data.batch_size': expects int, got float 64.0"),
+    ({"data.batch_size": "64"}, "config key 'data.batch_size': expects int, got str '64'"),
+    ({"steps": True}, "config key 'steps': expects int, got bool True"),
+    ({"data.whole_word": 1}, "config key 'data.whole_word': expects bool, got int 1"),
+    ({"optim.learning_rate": "1e-3"}, "'optim.learning_rate': expects float, got str"),
+    ({"optim.clip_norm": "none"}, r"'optim.clip_norm': expects float \| None, got str"),
+    ({"data.dir": None}, "config key 'data.dir': expects str, got NoneType None"),
+    ({"contrastive.matryoshka_dims": [64]}, r"dims': expects tuple\[int, ...\], got list"),
+    ({"contrastive.matryoshka_dims": (64.0,)}, "matryoshka_dims': expects int, got float 64.0"),
+    ({"optim": 3}, "is a section"),
+    ({"data.batch_size": 0}, "data.batch_size=0: must be >= 1"),  # the dataclass's own check
+])
+def test_replace_paths_refuses_unknown_keys_and_wrong_types(values, match):
+    with pytest.raises(ConfigError, match=match):
+        replace_paths(load_config(TINY), values)
 
 
 def test_bad_config_files(tmp_path):

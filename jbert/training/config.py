@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jbert.errors import ConfigError, check_ranges
 from jbert.model.config import JinaBertConfig
 from jbert.model.lora import LoRAConfig
 from jbert.training.optim import OptimConfig
 
+C = TypeVar("C")  # a config dataclass
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -202,13 +205,25 @@ def load_config(spec: str) -> TrainConfig:
 
 
 def apply_overrides(config: Any, overrides: dict[str, str]) -> Any:
-    """`{"optim.learning_rate": "3e-4"}` applied to nested frozen dataclasses."""
+    """`{"optim.learning_rate": "3e-4"}` (command-line text, parsed as each field's declared type)
+    applied to nested frozen dataclasses."""
     for key, text in overrides.items():
-        config = _set(config, key.split("."), text, key)
+        config = _set(config, key.split("."), functools.partial(parse_value, text, key=key), key)
     return config
 
 
-def _set(node: Any, parts: list[str], text: str, key: str) -> Any:
+def replace_paths(config: C, values: dict[str, Any]) -> C:
+    """`config` with `{"data.batch_size": 64, "optim.learning_rate": 2e-4}` set: big_vision's
+    `config.data.batch_size = 64` for frozen dataclasses, in the order given. Each value is a
+    Python value of its field's declared type (`check_value`); an unknown key (with a did-you-mean)
+    or a value of the wrong type is a `ConfigError` naming the key."""
+    for key, value in values.items():
+        config = _set(config, key.split("."), functools.partial(check_value, value, key=key), key)
+    return config
+
+
+def _set(node: Any, parts: list[str], leaf: Callable[[Any], Any], key: str) -> Any:
+    """`node` with the field at `parts` set to `leaf(its declared type)`."""
     fields = {f.name: f for f in dataclasses.fields(node)}
     if parts[0] not in fields:
         close = difflib.get_close_matches(parts[0], fields, n=1)
@@ -223,11 +238,11 @@ def _set(node: Any, parts: list[str], text: str, key: str) -> Any:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"unknown config key {key!r}: {parts[0]!r} is a value, not a "
                               "section")
-        value = _set(current, parts[1:], text, key)
+        value = _set(current, parts[1:], leaf, key)
     elif dataclasses.is_dataclass(current):
         raise ConfigError(f"config key {key!r} is a section; set one of its fields")
     else:
-        value = parse_value(text, hint, key)
+        value = leaf(hint)
     try:
         return dataclasses.replace(node, **{parts[0]: value})
     except ValueError as e:  # the dataclass's own validation
@@ -260,8 +275,32 @@ def parse_value(text: str, hint: Any, key: str) -> Any:
                 return text
         except ValueError:
             continue
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"config key {key!r}: cannot parse {text!r} as {names}")
+    raise ConfigError(f"config key {key!r}: cannot parse {text!r} as {type_name(hint)}")
+
+
+def check_value(value: Any, hint: Any, key: str) -> Any:
+    """`value` if it fits a field declared `hint`, as `parse_value` would have made it: an int or
+    a float for a float field (kept as a float), an int (not a bool) for an int field, a tuple
+    of fitting items for a tuple field, None for an optional one. Else a `ConfigError` naming
+    `key`."""
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, tuple):
+            return tuple(check_value(v, typing.get_args(hint)[0], key) for v in value)
+    else:
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None and type(None) in options:
+            return None
+        if type(value) in options:  # exactly: a bool is no int here
+            return value
+        if type(value) is int and float in options:
+            return float(value)
+    raise ConfigError(f"config key {key!r}: expects {type_name(hint)}, got "
+                      f"{type(value).__name__} {value!r}")
+
+
+def type_name(hint: Any) -> str:
+    """`int`, `float | None`, `tuple[int, ...]`: a field's type as its declaration reads."""
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def to_json(config: Any) -> str:
