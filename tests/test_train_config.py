@@ -139,6 +139,56 @@ def test_bad_config_files(tmp_path):
         parse_cli(["--config.steps=3"])
 
 
+RECIPE = """
+from typing import Literal
+
+from jbert.training.config import TrainConfig, replace_paths
+
+
+def get_config(variant: Literal["hardneg", "long-docs"] | None = None, *, steps: int = 100,
+               lr: float | None = None, data: str = "artifacts/data", pack: bool = False):
+    config = replace_paths(TrainConfig(), {"steps": steps, "data.dir": data,
+                                           "contrastive.pack": pack})
+    if lr is not None:
+        config = replace_paths(config, {"optim.learning_rate": lr})
+    variants = {"hardneg": {"contrastive.hard_negatives": 3},
+                "long-docs": {"contrastive.max_doc_length": 1024}}
+    return replace_paths(config, variants[variant]) if variant else config
+"""
+
+
+def test_recipe_arguments_are_typed_keywords_after_the_variant(tmp_path):
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE)
+    assert load_config(str(recipe)).steps == 100
+    config = load_config(f"{recipe}:hardneg,steps=300,lr=2e-4,data=/d/x,pack=true")
+    assert config.contrastive.hard_negatives == 3 and config.steps == 300
+    assert config.optim.learning_rate == 2e-4 and config.data.dir == "/d/x"
+    assert config.contrastive.pack is True
+    assert load_config(f"{recipe}:steps=7,long-docs,").contrastive.max_doc_length == 1024
+    assert load_config(f"{recipe}:lr=none").optim.learning_rate == TrainConfig().optim.learning_rate
+    for words, match in [
+        ("hardnge", "recipe.py: unknown variant 'hardnge' .did you mean 'hardneg'"),
+        ("fast", "recipe.py: unknown variant 'fast' .known: hardneg, long-docs"),
+        ("hardneg,stesp=3", "recipe.py: unknown recipe argument 'stesp' .did you mean 'steps'"),
+        ("seed=3", "recipe.py: unknown recipe argument 'seed' .known: data, lr, pack, steps"),
+        ("steps=many", "recipe.py: recipe argument 'steps=many': cannot parse 'many' as int"),
+        ("pack=maybe", "recipe argument 'pack=maybe': cannot parse 'maybe' as bool"),
+        ("hardneg,long-docs", "recipe.py: two variants, 'hardneg' and 'long-docs'"),
+        ("steps=0", "recipe.py: config key 'steps': config.steps=0: must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(f"{recipe}:{words}")
+    # A recipe that declares no arguments takes none; one that lists no variants takes any word.
+    plain = tmp_path / "plain.py"
+    plain.write_text("from jbert.training.config import TrainConfig\n\n"
+                     "def get_config(arg=None):\n    return TrainConfig(workdir=str(arg))\n")
+    assert load_config(f"{plain}:anything").workdir == "anything"
+    with pytest.raises(ConfigError, match="plain.py: unknown recipe argument 'steps' .it takes "
+                                          "none"):
+        load_config(f"{plain}:steps=3")
+
+
 def test_usage_errors_are_one_line_unless_debugging(capsys, monkeypatch):
     monkeypatch.delenv("JBERT_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exit_, usage_errors():
@@ -193,6 +243,21 @@ def test_help_with_a_config_lists_its_keys_with_types_and_current_values(capsys)
                  "  optim.clip_norm: float | None = 1.0", "  data.dir: str = 'artifacts/data-tiny'",
                  "  init_from: str | None = None", "  model.num_hidden_layers: int = 2"]:
         assert f"\n{line}\n" in out, line
+
+
+def test_help_with_a_config_lists_the_recipes_variants_and_arguments(tmp_path, capsys):
+    from train.pretrain import main
+
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", f"{recipe}:hardneg,steps=7", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "\n  steps: int = 7\n" in out and "\n  contrastive.hard_negatives: int = 3\n" in out
+    assert out.endswith("as --config FILE:VARIANT,KEY=VALUE:\n  variants: hardneg, long-docs\n"
+                        "  steps: int = 100\n  lr: float | None = None\n"
+                        "  data: str = 'artifacts/data'\n  pack: bool = False\n"), out
 
 
 def test_help_from_the_command_line_exits_0():

@@ -15,7 +15,15 @@ from typing import Any
 import jax
 
 from jbert.errors import ConfigError, CorruptCheckpointError, InputError
-from jbert.training.config import TrainConfig, apply_overrides, load_config
+from jbert.training.config import (
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    load_recipe,
+    recipe_parameters,
+    recipe_variants,
+    type_name,
+)
 
 USER_ERRORS = (InputError, CorruptCheckpointError, FileNotFoundError, FileExistsError)
 
@@ -101,7 +109,8 @@ def parse_cli(argv: list[str]) -> tuple[TrainConfig, list[str]]:
 
 CONFIG_HELP = """\
 config:
-  --config FILE[:ARG]   the recipe: a Python file with get_config(arg) (see configs/)
+  --config FILE[:ARG]   the recipe: a Python file with get_config (see configs/); ARG is its
+                        variant and typed recipe arguments, e.g. FILE:hardneg,vocab=512
   --config.KEY=VALUE    override any field of it, e.g. --config.steps=100
                         --config.optim.learning_rate=3e-4 --config.workdir=runs/try
   --config FILE --help  list every KEY with its type and current value (overrides applied)
@@ -120,10 +129,27 @@ def config_fields(config: Any, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             lines += config_fields(value, f"{prefix}{field.name}.")
             continue
-        hint = hints[field.name]
-        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-        lines.append(f"{prefix}{field.name}: {kind} = {value!r}")
+        lines.append(f"{prefix}{field.name}: {type_name(hints[field.name])} = {value!r}")
     return lines
+
+
+def recipe_help(path: str) -> list[str]:
+    """The variants and arguments the recipe at `path` declares (`FILE:VARIANT,KEY=VALUE`)."""
+    get_config = load_recipe(path)
+    variants = recipe_variants(get_config)
+    lines = [f"variants: {', '.join(variants)}"] if variants else []
+    return lines + [f"{name}: {type_name(hint)} = {default!r}"
+                    for name, (hint, default) in recipe_parameters(get_config).items()]
+
+
+def config_spec(argv: list[str]) -> str | None:
+    """The FILE[:ARG] of `--config FILE[:ARG]` in `argv`, if any."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 def check_distributed_flags(coordinator: str | None, num_processes: int | None,
@@ -156,15 +182,19 @@ def check_distributed_flags(coordinator: str | None, num_processes: int | None,
 
 def help_and_exit(parser: Any, argv: list[str]) -> None:
     """When `argv` asks for `-h`/`--help`: prints the parser's usage (and, with `--config`, the
-    config's keys with types and current values) and exits 0."""
+    config's keys with types and current values, and the recipe's variants and arguments) and
+    exits 0."""
     if "-h" not in argv and "--help" not in argv:
         return
     text = parser.format_help()
     rest = [a for a in argv if a not in ("-h", "--help")]
-    if any(a == "--config" or a.startswith("--config=") for a in rest):
+    if (spec := config_spec(rest)) is not None:
         config, _ = parse_cli(rest)
         text += ("\nconfig keys (type = current value), each settable with "
                  "--config.KEY=VALUE:\n  " + "\n  ".join(config_fields(config)) + "\n")
+        if recipe := recipe_help(spec.partition(":")[0]):
+            text += ("\nrecipe variants and arguments (type = default), as "
+                     "--config FILE:VARIANT,KEY=VALUE:\n  " + "\n  ".join(recipe) + "\n")
     print(text, end="")
     raise SystemExit(0)
 

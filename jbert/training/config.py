@@ -1,7 +1,10 @@
 """Training recipes: nested frozen dataclasses, Python config files, command-line overrides.
 
-A recipe is a Python file under `configs/` with `get_config(arg: str | None) -> TrainConfig`
-(`--config configs/pretrain_tiny.py:fast` passes "fast"). Any field can then be overridden with
+A recipe is a Python file under `configs/` with `get_config(variant, *, arguments) -> TrainConfig`:
+`--config configs/pretrain_tiny.py:smoke,vocab=512` calls `get_config("smoke", vocab=512)`, the
+variant checked against the `Literal` its first parameter lists and each argument against the
+keyword-only parameters, parsed by their annotations. A recipe writes its variants as
+`replace_paths(config, {"data.batch_size": 64})`. Any field can then be overridden with
 `--config.optim.learning_rate=3e-4`; the value is parsed as the field's declared type, and an
 unknown key or a value that does not parse is a `ConfigError` that names the key. The command
 line around it (`--config`, multi-host flags, one-line errors) is `jbert.training.cli`.
@@ -13,12 +16,13 @@ import dataclasses
 import difflib
 import functools
 import importlib.util
+import inspect
 import json
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from jbert.errors import ConfigError, check_ranges
 from jbert.model.config import JinaBertConfig
@@ -178,8 +182,26 @@ class TrainConfig:
 
 
 def load_config(spec: str) -> TrainConfig:
-    """Runs `get_config(arg)` of a config file given as `path.py` or `path.py:arg`."""
-    path, _, arg = spec.partition(":")
+    """Runs the `get_config` of a recipe given as `path.py`, `path.py:variant` or with recipe
+    arguments, `path.py:hardneg,vocab=512` (`recipe_arguments` reads them)."""
+    path, _, words = spec.partition(":")
+    get_config = load_recipe(path)
+    variant, kwargs = recipe_arguments(get_config, words, path)
+    try:
+        config = get_config(variant, **kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        # A bad argument, or a config class refusing a field or value the file gives it.
+        # Syntax and name errors keep their traceback: it points at the line.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"{path}: {message}") from e
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, "
+                          "not TrainConfig")
+    return config
+
+
+def load_recipe(path: str) -> Callable[..., Any]:
+    """The `get_config` function of the config file at `path`."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -191,17 +213,73 @@ def load_config(spec: str) -> TrainConfig:
         raise ConfigError(f"{path}:{e.lineno}: {e.msg}: {(e.text or '').strip()!r}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config(arg) function")
-    try:
-        config = module.get_config(arg or None)
-    except (ValueError, TypeError, KeyError) as e:
-        # A bad argument, or a config class refusing a field or value the file gives it.
-        # Syntax and name errors keep their traceback: it points at the line.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ConfigError(f"{path}: {message}") from e
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, "
-                          "not TrainConfig")
-    return config
+    return module.get_config
+
+
+def recipe_arguments(get_config: Callable[..., Any], words: str,
+                     path: str) -> tuple[str | None, dict[str, Any]]:
+    """`"hardneg,vocab=512"` as `get_config`'s arguments: `("hardneg", {"vocab": 512})`.
+
+    A bare word is the variant (one at most), one of those the recipe lists as the `Literal` of
+    its first parameter when it lists them. A `key=value` is a recipe argument: one of
+    get_config's keyword-only parameters, its value parsed as the parameter's annotation (a
+    scalar: the comma separates arguments). Anything else is a `ConfigError` naming the file
+    and the word, with a did-you-mean."""
+    variant, kwargs = None, {}
+    parameters = recipe_parameters(get_config)
+    for word in filter(None, (w.strip() for w in words.split(","))):
+        name, sep, text = word.partition("=")
+        if not sep:
+            if variant is not None:
+                raise ConfigError(f"{path}: two variants, {variant!r} and {word!r} (one at "
+                                  "most; recipe arguments are key=value)")
+            variant = word
+            continue
+        if name not in parameters:
+            raise ConfigError(f"{path}: unknown recipe argument {name!r} "
+                              f"({did_you_mean(name, parameters)})")
+        hint = parameters[name][0]
+        try:
+            kwargs[name] = parse_value(text, hint, name)
+        except ConfigError:
+            raise ConfigError(f"{path}: recipe argument {word!r}: cannot parse {text!r} as "
+                              f"{type_name(hint)}") from None
+    known = recipe_variants(get_config)
+    if variant is not None and known is not None and variant not in known:
+        raise ConfigError(f"{path}: unknown variant {variant!r} ({did_you_mean(variant, known)})")
+    return variant, kwargs
+
+
+def recipe_variants(get_config: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The variants a recipe lists in its first parameter's annotation,
+    `variant: Literal["hardneg", "8k"] | None = None`; None when it lists none."""
+    first = next(iter(inspect.signature(get_config).parameters.values()), None)
+    if first is None or first.kind is first.KEYWORD_ONLY:
+        return None
+    hint = typing.get_type_hints(get_config).get(first.name)
+    options = (typing.get_args(hint)
+               if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,))
+    names = tuple(name for option in options if typing.get_origin(option) is Literal
+                  for name in typing.get_args(option))
+    return names or None
+
+
+def recipe_parameters(get_config: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
+    """`{name: (type, default)}` of a recipe's arguments, get_config's keyword-only
+    parameters (an unannotated one is a str)."""
+    hints = typing.get_type_hints(get_config)
+    return {p.name: (hints.get(p.name, str), p.default)
+            for p in inspect.signature(get_config).parameters.values()
+            if p.kind is p.KEYWORD_ONLY}
+
+
+def did_you_mean(name: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """`did you mean 'optim.learning_rate'?` for a misspelt name, else the known names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {prefix + close[0]!r}?"
+    return f"known: {', '.join(known)}" if known else "it takes none"
 
 
 def apply_overrides(config: Any, overrides: dict[str, str]) -> Any:
@@ -226,12 +304,9 @@ def _set(node: Any, parts: list[str], leaf: Callable[[Any], Any], key: str) -> A
     """`node` with the field at `parts` set to `leaf(its declared type)`."""
     fields = {f.name: f for f in dataclasses.fields(node)}
     if parts[0] not in fields:
-        close = difflib.get_close_matches(parts[0], fields, n=1)
         section = key[: len(key) - len(".".join(parts))]  # "optim." for "optim.lr"
-        suggestion = (f"did you mean {section + close[0]!r}?" if close
-                      else f"known: {', '.join(sorted(fields))}")
         raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has no field "
-                          f"{parts[0]!r} ({suggestion})")
+                          f"{parts[0]!r} ({did_you_mean(parts[0], fields, section)})")
     hint = typing.get_type_hints(type(node))[parts[0]]
     current = getattr(node, parts[0])
     if len(parts) > 1:
