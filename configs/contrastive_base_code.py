@@ -22,50 +22,33 @@ Reach: the published jina-embeddings-v2-base-code reaches CodeSearchNet MRR 67.2
        paper's data (far more pairs than this repository's offline corpus).
 """
 
-import dataclasses
+from typing import Literal
 
-from jbert.model.config import preset
-from jbert.training.config import (
-    CheckpointConfig,
-    ContrastiveConfig,
-    DataConfig,
-    MeshConfig,
-    TrainConfig,
-)
-from jbert.training.optim import OptimConfig
+from configs import pretrain_base_code
+from configs._contrastive import contrastive_stage
+from jbert.training.config import TrainConfig, replace_paths
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
-    config = TrainConfig(
-        model=preset("base-code", dtype="bfloat16", hidden_dropout_prob=0.1),
-        optim=OptimConfig(learning_rate=1e-4, warmup_steps=500, decay="linear",
-                          weight_decay=0.01, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0),
-        data=DataConfig(dir="artifacts/data", batch_size=4096),
-        contrastive=ContrastiveConfig(temperature=0.05, learn_temperature=True, symmetric=True,
-                                      chunk_size=256, max_query_length=64, max_doc_length=512,
-                                      eval_max_pairs=10_000),
-        mesh=MeshConfig(data=-1),
-        checkpoint=CheckpointConfig(every_steps=1000, keep=3),
-        init_from="runs/pretrain-base-code",
-        workdir="runs/contrastive-base-code",
-        steps=10_000, log_every=50, eval_every=1000,
-    )
-    if arg == "hardneg":
-        config = dataclasses.replace(
-            config, init_from="runs/contrastive-base-code/export",
-            workdir="runs/contrastive-base-code-hardneg", steps=2000,
-            data=dataclasses.replace(config.data, batch_size=256),
-            optim=dataclasses.replace(config.optim, learning_rate=2e-5, warmup_steps=100),
-            contrastive=dataclasses.replace(config.contrastive, hard_negatives=15,
-                                            chunk_size=32))
-    elif arg == "8k":  # long documents: code files up to 8192 tokens, from the stage-1 export
-        config = dataclasses.replace(
-            config, init_from="runs/contrastive-base-code/export",
-            workdir="runs/contrastive-base-code-8k", steps=2000,
-            data=dataclasses.replace(config.data, batch_size=1024),
-            optim=dataclasses.replace(config.optim, learning_rate=2e-5, warmup_steps=100),
-            contrastive=dataclasses.replace(config.contrastive, max_doc_length=8192,
-                                            chunk_size=32))
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: hardneg, 8k)")
-    return config
+def get_config(variant: Literal["hardneg", "8k"] | None = None) -> TrainConfig:
+    config = contrastive_stage(pretrain_base_code.get_config(), {
+        "workdir": "runs/contrastive-base-code", "steps": 10_000, "log_every": 50,
+        "eval_every": 1000,
+        "model.remat": "none",  # the compiled peaks above keep every activation of a chunk
+        "optim.learning_rate": 1e-4, "optim.warmup_steps": 500,
+        "data.batch_size": 4096,
+        "contrastive.chunk_size": 256, "contrastive.max_query_length": 64,
+        "contrastive.max_doc_length": 512, "contrastive.eval_max_pairs": 10_000,
+        "checkpoint.every_steps": 1000, "checkpoint.keep": 3,
+    })
+    # Both later stages tune the stage-1 export for 2000 steps, in GradCache chunks of 32 rows.
+    later = {"init_from": f"{config.workdir}/export", "steps": 2000,
+             "optim.learning_rate": 2e-5, "optim.warmup_steps": 100,
+             "contrastive.chunk_size": 32}
+    variants = {
+        "hardneg": {**later, "workdir": "runs/contrastive-base-code-hardneg",
+                    "data.batch_size": 256, "contrastive.hard_negatives": 15},
+        # long documents: code files up to 8192 tokens
+        "8k": {**later, "workdir": "runs/contrastive-base-code-8k",
+               "data.batch_size": 1024, "contrastive.max_doc_length": 8192},
+    }
+    return replace_paths(config, variants[variant]) if variant else config

@@ -23,50 +23,42 @@ Reach: held-out macro nDCG@10 over six languages above BM25's (above on Java, Ja
 Args:  `:hardneg` the hard-negative pass; `:matryoshka` / `:single-size` contrastive only, packed
        batches, 900 steps, the loss over sizes 256/128/64/32 or the full size alone (what the
        smaller sizes keep of the full size's nDCG@10, and the times: docs/results.md, "Matryoshka
-       sizes and packed batches"); `:smoke` 10 steps (tests).
+       sizes and packed batches"); `:smoke` 10 steps (tests). `data=DIR` (e.g. `:hardneg,data=DIR`)
+       reads the build in DIR instead of artifacts/data, and `:hardneg` its DIR/pairs-mined.
 """
 
-import dataclasses
+from typing import Literal
 
 from configs import pretrain_small
-from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
-from jbert.training.optim import OptimConfig
+from configs._contrastive import contrastive_stage
+from jbert.training.config import TrainConfig, replace_paths
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
-    backbone = pretrain_small.get_config()
-    config = TrainConfig(
-        model=backbone.model,  # must match the checkpoint it starts from
-        optim=OptimConfig(learning_rate=1e-3, warmup_steps=100, decay="linear",
-                          weight_decay=0.01, clip_norm=1.0),
-        data=DataConfig(dir=backbone.data.dir, batch_size=128, seed=0),
-        contrastive=ContrastiveConfig(temperature=0.05, learn_temperature=True, symmetric=True,
-                                      max_query_length=32, max_doc_length=128,
-                                      eval_max_pairs=500),
-        checkpoint=CheckpointConfig(every_steps=200, keep=2),
-        init_from=backbone.workdir,
-        workdir="runs/contrastive-small",
-        steps=1800, log_every=20, eval_every=300,
-    )
-    if arg == "hardneg":
-        config = dataclasses.replace(
-            config, init_from=config.workdir, workdir="runs/contrastive-small-hardneg",
-            steps=150, eval_every=75,
-            data=dataclasses.replace(config.data, batch_size=64),
-            optim=dataclasses.replace(config.optim, learning_rate=2e-4, warmup_steps=30),
-            contrastive=dataclasses.replace(
-                config.contrastive, hard_negatives=3, sources=backbone.data.dir + "/pairs-mined"))
-    elif arg in ("matryoshka", "single-size"):
-        # Issue 17's measurement: contrastive only (the short MLM stage did not help,
-        # docs/results.md), packed batches, the loss over four nested sizes or the full one.
-        dims = (256, 128, 64, 32) if arg == "matryoshka" else ()
-        config = dataclasses.replace(
-            config, init_from=None, workdir=f"runs/contrastive-small-{arg}", steps=900,
-            contrastive=dataclasses.replace(config.contrastive, pack=True,
-                                            matryoshka_dims=dims))
-    elif arg == "smoke":
-        config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: hardneg, matryoshka, single-size, "
-                         "smoke)")
-    return config
+def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke"] | None = None,
+               *, data: str = "artifacts/data") -> TrainConfig:
+    config = contrastive_stage(pretrain_small.get_config(data=data), {
+        "workdir": "runs/contrastive-small", "steps": 1800, "log_every": 20, "eval_every": 300,
+        "optim.learning_rate": 1e-3, "optim.warmup_steps": 100,
+        "data.batch_size": 128,
+        "contrastive.max_query_length": 32, "contrastive.max_doc_length": 128,
+        "contrastive.eval_max_pairs": 500,
+        "checkpoint.every_steps": 200, "checkpoint.keep": 2,
+    })
+    # Issue 17's measurement (matryoshka, single-size): contrastive only (the short MLM stage
+    # did not help, docs/results.md), packed batches, the loss over four nested sizes or the
+    # full one.
+    measurement = {"init_from": None, "steps": 900, "contrastive.pack": True}
+    variants = {
+        "hardneg": {
+            "init_from": config.workdir, "workdir": "runs/contrastive-small-hardneg",
+            "steps": 150, "eval_every": 75,
+            "data.batch_size": 64,
+            "optim.learning_rate": 2e-4, "optim.warmup_steps": 30,
+            "contrastive.hard_negatives": 3, "contrastive.sources": f"{data}/pairs-mined",
+        },
+        "matryoshka": {**measurement, "workdir": "runs/contrastive-small-matryoshka",
+                       "contrastive.matryoshka_dims": (256, 128, 64, 32)},
+        "single-size": {**measurement, "workdir": "runs/contrastive-small-single-size"},
+        "smoke": {"steps": 10, "log_every": 5, "eval_every": 5},
+    }
+    return replace_paths(config, variants[variant]) if variant else config

@@ -18,38 +18,29 @@ Args:  `:smoke` runs 10 steps. `:features` tunes the same backbone with what iss
        config_sentence_transformers.json carry the prompts and sizes).
 """
 
-import dataclasses
+from typing import Literal
 
 from configs import pretrain_tiny
-from jbert.model.lora import LoRAConfig
-from jbert.training.config import CheckpointConfig, ContrastiveConfig, DataConfig, TrainConfig
-from jbert.training.optim import OptimConfig
+from configs._contrastive import contrastive_stage
+from jbert.training.config import TrainConfig, replace_paths
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
-    backbone = pretrain_tiny.get_config()
-    config = TrainConfig(
-        model=backbone.model,  # must match the checkpoint it starts from
-        optim=OptimConfig(learning_rate=1e-3, warmup_steps=30, decay="linear",
-                          weight_decay=0.01, clip_norm=1.0),
-        data=DataConfig(dir=backbone.data.dir, batch_size=64, seed=0),
-        contrastive=ContrastiveConfig(temperature=0.05, learn_temperature=True, symmetric=True,
-                                      chunk_size=32, max_query_length=32, max_doc_length=128,
-                                      eval_max_pairs=2000),
-        checkpoint=CheckpointConfig(every_steps=100, keep=2),
-        init_from=backbone.workdir,
-        workdir="runs/contrastive-tiny",
-        steps=300, log_every=10, eval_every=100,
-    )
-    if arg == "smoke":
-        config = dataclasses.replace(config, steps=10, log_every=5, eval_every=5)
-    elif arg == "features":
-        config = dataclasses.replace(
-            config, workdir="runs/contrastive-tiny-features", lora=LoRAConfig(rank=8),
-            optim=dataclasses.replace(config.optim, learning_rate=3e-3),
-            contrastive=dataclasses.replace(
-                config.contrastive, query_prompt="query: ", doc_prompt="code: ",
-                matryoshka_dims=(128, 64, 32), pack=True))
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: smoke, features)")
-    return config
+def get_config(variant: Literal["smoke", "features"] | None = None) -> TrainConfig:
+    config = contrastive_stage(pretrain_tiny.get_config(), {
+        "workdir": "runs/contrastive-tiny", "steps": 300, "log_every": 10, "eval_every": 100,
+        "optim.learning_rate": 1e-3, "optim.warmup_steps": 30,
+        "data.batch_size": 64,
+        "contrastive.chunk_size": 32, "contrastive.max_query_length": 32,
+        "contrastive.max_doc_length": 128, "contrastive.eval_max_pairs": 2000,
+        "checkpoint.every_steps": 100, "checkpoint.keep": 2,
+    })
+    variants = {
+        "smoke": {"steps": 10, "log_every": 5, "eval_every": 5},
+        "features": {
+            "workdir": "runs/contrastive-tiny-features", "lora.rank": 8,
+            "optim.learning_rate": 3e-3,
+            "contrastive.query_prompt": "query: ", "contrastive.doc_prompt": "code: ",
+            "contrastive.matryoshka_dims": (128, 64, 32), "contrastive.pack": True,
+        },
+    }
+    return replace_paths(config, variants[variant]) if variant else config

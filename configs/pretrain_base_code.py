@@ -22,14 +22,20 @@ Reach: MLM loss near 1.0 (accuracy ~75%) on held-out code, the range BERT-style 
        report; the CPU twin is configs/pretrain_tiny.py.
 """
 
-import dataclasses
+from typing import Literal
 
 from jbert.model.config import preset
-from jbert.training.config import CheckpointConfig, DataConfig, MeshConfig, TrainConfig
+from jbert.training.config import (
+    CheckpointConfig,
+    DataConfig,
+    MeshConfig,
+    TrainConfig,
+    replace_paths,
+)
 from jbert.training.optim import OptimConfig
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
+def get_config(variant: Literal["8k"] | None = None) -> TrainConfig:
     # The scanned layers keep only the weight matmuls' outputs for the backward pass and
     # recompute the rest: without it the scan stores every LayerNorm's fp32 intermediates per
     # layer, 82 GiB per H100 instead of 28 (docs/scaling.md).
@@ -47,13 +53,13 @@ def get_config(arg: str | None = None) -> TrainConfig:
         workdir="runs/pretrain-base-code",
         steps=100_000, log_every=50, eval_every=2000, eval_batches=16,
     )
-    if arg == "8k":  # the long-context stage: 128 rows of 8192 tokens (1M tokens a step)
-        config = dataclasses.replace(
-            config, workdir="runs/pretrain-base-code-8k", steps=10_000,
-            init_from="runs/pretrain-base-code",
-            optim=dataclasses.replace(config.optim, learning_rate=1e-4, warmup_steps=500),
-            data=dataclasses.replace(config.data, seq_len=8192, batch_size=128,
-                                     docs_per_chunk=64, max_predictions=2816))
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: 8k)")
-    return config
+    variants = {
+        "8k": {  # the long-context stage: 128 rows of 8192 tokens (1M tokens a step)
+            "workdir": "runs/pretrain-base-code-8k", "steps": 10_000,
+            "init_from": "runs/pretrain-base-code",
+            "optim.learning_rate": 1e-4, "optim.warmup_steps": 500,
+            "data.seq_len": 8192, "data.batch_size": 128, "data.docs_per_chunk": 64,
+            "data.max_predictions": 2816,
+        },
+    }
+    return replace_paths(config, variants[variant]) if variant else config

@@ -12,13 +12,14 @@ Reach: a held-out MLM loss still above the unigram loss at step 300: too short t
        contrastive stage (a short contrastive run from it does worse than one from random
        weights: the ablation in docs/results.md, with the figures); the chain keeps it as the
        recipe's first stage, and a longer MLM run is the open question there.
-Arg:   `configs/pretrain_small.py:smoke` runs 20 steps (tests).
+Args:  `configs/pretrain_small.py:smoke` runs 20 steps (tests); `data=DIR` (e.g.
+       `:smoke,data=DIR`) reads the build in DIR instead of artifacts/data.
 """
 
-import dataclasses
+from typing import Literal
 
 from jbert.model.config import preset
-from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig, replace_paths
 from jbert.training.optim import OptimConfig
 
 VOCAB = 61056  # what scripts/build_data.sh trains
@@ -30,19 +31,17 @@ def small_model():
                   intermediate_size=512, num_hidden_layers=2, hidden_dropout_prob=0.0)
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
+def get_config(variant: Literal["smoke"] | None = None, *,
+               data: str = "artifacts/data") -> TrainConfig:
     config = TrainConfig(
         model=small_model(),
         optim=OptimConfig(learning_rate=3e-3, warmup_steps=30, decay="linear",
                           weight_decay=0.01, clip_norm=1.0),
-        data=DataConfig(dir="artifacts/data", seq_len=128, batch_size=64, docs_per_chunk=256,
+        data=DataConfig(dir=data, seq_len=128, batch_size=64, docs_per_chunk=256,
                         mask_rate=0.3, whole_word=True, max_predictions=20),
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         workdir="runs/pretrain-small",
         steps=300, log_every=20, eval_every=100, eval_batches=8,
     )
-    if arg == "smoke":
-        config = dataclasses.replace(config, steps=20, log_every=5, eval_every=10)
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: smoke)")
-    return config
+    variants = {"smoke": {"steps": 20, "log_every": 5, "eval_every": 10}}
+    return replace_paths(config, variants[variant]) if variant else config

@@ -11,12 +11,14 @@ Reach: held-out MLM loss well below the unigram loss (the loss of predicting eve
 Arg:   `configs/pretrain_tiny.py:smoke` runs 20 steps (tests).
 """
 
+from typing import Literal
+
 from jbert.model.config import preset
-from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig
+from jbert.training.config import CheckpointConfig, DataConfig, TrainConfig, replace_paths
 from jbert.training.optim import OptimConfig
 
 
-def get_config(arg: str | None = None) -> TrainConfig:
+def get_config(variant: Literal["smoke"] | None = None) -> TrainConfig:
     vocab = 4096
     config = TrainConfig(
         model=preset("tiny-code", vocab_size=vocab, hidden_size=128, num_attention_heads=4,
@@ -31,9 +33,5 @@ def get_config(arg: str | None = None) -> TrainConfig:
         workdir="runs/pretrain-tiny",
         steps=800, log_every=10, eval_every=200, eval_batches=4,
     )
-    if arg == "smoke":
-        config = config.__class__(**{**config.__dict__, "steps": 20, "eval_every": 10,
-                                     "log_every": 5})
-    elif arg:
-        raise ValueError(f"unknown argument {arg!r} (known: smoke)")
-    return config
+    variants = {"smoke": {"steps": 20, "eval_every": 10, "log_every": 5}}
+    return replace_paths(config, variants[variant]) if variant else config

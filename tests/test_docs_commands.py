@@ -29,7 +29,7 @@ from jbert.training.config import TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RECIPES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
 
 COMMAND = re.compile(r"python -m train\.(\w+)(.*)", re.S)
 INLINE = re.compile(r"(`+)(.+?)\1", re.S)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jbert.training.config import TrainConfig, load_config
+from jbert.training.config import TrainConfig, load_config, load_recipe, recipe_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every recipe and variant as `dataclasses.asdict`, written from the recipes of commit 5b04c02
@@ -38,6 +38,19 @@ def test_each_recipe_builds_the_config_it_always_built(spec):
     default = flat(dataclasses.asdict(TrainConfig()))
     assert {k: v for k, v in built.items() if k not in golden} == {
         k: default[k] for k in built if k not in golden}
+
+
+def test_every_variant_a_recipe_lists_is_pinned():
+    recipes = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
+    listed = {f"configs/{p.name}" + (f":{v}" if v else "")
+              for p in recipes for v in (None, *(recipe_variants(load_recipe(str(p))) or ()))}
+    assert listed == set(GOLDEN)
+
+
+def test_the_small_recipes_data_argument_moves_every_path_under_it():
+    config = load_config(f"{ROOT}/configs/contrastive_small.py:hardneg,data=/d/x")
+    assert config.data.dir == "/d/x" and config.contrastive.sources == "/d/x/pairs-mined"
+    assert load_config(f"{ROOT}/configs/pretrain_small.py:data=/d/x").data.dir == "/d/x"
 
 
 @pytest.mark.slow

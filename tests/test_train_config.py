@@ -21,7 +21,7 @@ TINY = str(ROOT / "configs" / "pretrain_tiny.py")
 
 def test_every_recipe_loads_and_documents_itself():
     for path in sorted((ROOT / "configs").glob("*.py")):
-        if path.name == "__init__.py":
+        if path.name.startswith("_"):  # __init__.py, _contrastive.py: shared, not recipes
             continue
         config = load_config(str(path))
         assert isinstance(config, TrainConfig)
@@ -119,8 +119,10 @@ def test_bad_config_files(tmp_path):
     empty.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="get_config"):
         load_config(str(empty))
-    with pytest.raises(ConfigError, match="pretrain_tiny.py: unknown argument 'fast'"):
+    with pytest.raises(ConfigError, match="pretrain_tiny.py: unknown variant 'fast' .known: smo"):
         load_config(TINY + ":fast")
+    with pytest.raises(ConfigError, match="pretrain_tiny.py: unknown variant 'smok' .did you"):
+        load_config(TINY + ":smok")
     typo = tmp_path / "typo.py"
     typo.write_text("from jbert.training.optim import OptimConfig\n"
                     "from jbert.training.config import TrainConfig\n\ndef get_config(arg):\n"
