@@ -60,7 +60,9 @@ class Command:
 
 def is_placeholder(token: str) -> bool:
     value = token.partition("=")[2] if token.startswith("-") else token
-    return "..." in token or "$" in token or bool(value and PLACEHOLDER.fullmatch(value))
+    # and a recipe argument's value: `configs/x.py:hardneg,data=DIR`
+    values = [value] + [w.partition("=")[2] for w in value.partition(":")[2].split(",")]
+    return "..." in token or "$" in token or any(v and PLACEHOLDER.fullmatch(v) for v in values)
 
 
 def split_args(text: str) -> tuple[str, ...]:
@@ -358,6 +360,7 @@ python -m train.contrastive --config configs/no_such_recipe.py
 python -m train.nosuch --x 1
 python -m train.export --checkpoint runs/x --head base      # --out is required
 python -m train.evaluate --model EXPORT --pairs DIR --max_query_len 32
+python -m train.contrastive --config configs/contrastive_small.py:hardneg,dta=/tmp/d
 ```
 
 Saved every `checkpoint.every` steps; `lora.rank=8` and `model.safetensors` are fine.
@@ -369,9 +372,9 @@ def test_checker_reports_bad_commands():
     assert [(c.where, c.module) for c in commands] == [
         ("bad.md:4", "pretrain"), ("bad.md:5", "pretrain"), ("bad.md:7", "export"),
         ("bad.md:8", "contrastive"), ("bad.md:9", "nosuch"), ("bad.md:10", "export"),
-        ("bad.md:11", "evaluate"), ("bad.md:1", "evaluate")]
+        ("bad.md:11", "evaluate"), ("bad.md:12", "contrastive"), ("bad.md:1", "evaluate")]
     assert commands[1].argv[-1] == "--config.steps=many"  # the continuation line is part of it
-    assert not commands[-2].complete and commands[0].complete
+    assert not commands[6].complete and commands[0].complete
     found = {c.where: " / ".join(problems(c)) for c in commands}
     assert "--bm25 is not a flag" in found["bad.md:1"]
     assert "unknown config key 'checkpoint.every'" in found["bad.md:4"]
@@ -381,6 +384,7 @@ def test_checker_reports_bad_commands():
     assert "no entry point train/nosuch.py" in found["bad.md:9"]
     assert "--out" in found["bad.md:10"] and "required" in found["bad.md:10"]
     assert "--max_query_len is not a flag" in found["bad.md:11"]
+    assert "unknown recipe argument 'dta' (did you mean 'data'?)" in found["bad.md:12"]
     keys = prose_keys(markdown_parts(BAD_DOC)[1], "bad.md")
     assert [k for _, k in keys] == ["checkpoint.every", "lora.rank"]
     assert unknown_key(TrainConfig(), "checkpoint.every") and not unknown_key(TrainConfig(),
@@ -390,12 +394,14 @@ def test_checker_reports_bad_commands():
 def test_checker_passes_good_commands():
     doc = ("`python -m train.evaluate --model runs/x --pairs p --no-bm25 --max_query_length 32`"
            " and `python -m train.compile --config FILE --target TARGET` and\n```bash\n"
+           "python -m train.pretrain --config configs/pretrain_small.py:smoke,data=DIR\n"
+           "python -m train.contrastive --config configs/contrastive_small.py:hardneg,data=/d\n"
            "python -m train.contrastive --config configs/contrastive_tiny.py:features \\\n"
            "    --config.contrastive.matryoshka_dims=64,32 --config.lora.rank=4  # a comment\n"
            "srun .venv/bin/python -m train.pretrain --config configs/pretrain_tiny.py \\\n"
            "    [--coordinator HOST:PORT --num_processes N --process_id I]\n```\n")
     commands = markdown_commands(doc, "good.md")
-    assert len(commands) == 4
+    assert len(commands) == 6 and not commands[0].complete and commands[1].complete
     assert {c.where: problems(c) for c in commands} == {c.where: [] for c in commands}
 
 
