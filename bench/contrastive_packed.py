@@ -28,16 +28,15 @@ import numpy as np  # noqa: E402
 
 from bench.common import cpu_name, timed, write_json  # noqa: E402
 from jbert.data.pair_batches import PairBatcher  # noqa: E402
+from jbert.data.pair_rows import QUERY, TokenizedPairs, plan_pack_rows  # noqa: E402
 from jbert.data.tokenizer import load_tokenizer  # noqa: E402
 from jbert.model import functional  # noqa: E402
 from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
 from jbert.tasks.contrastive import (  # noqa: E402
     HEAD,
-    QUERY,
-    TokenizedPairs,
     contrastive_loss_fn,
     load_sources,
-    plan_pack_rows,
+    pair_format,
 )
 from jbert.training.config import load_config  # noqa: E402
 from jbert.training.optim import make_optimizer  # noqa: E402
@@ -50,7 +49,8 @@ def batches(cfg, sources, tokenizer, n: int, pack_rows) -> tuple[list[dict], lis
     name, pairs = next(iter(sources.items()))
     raw = [next(b) for b in [PairBatcher(pairs, cfg.data.batch_size, source=name,
                                          seed=cfg.data.seed)] for _ in range(n)]
-    tokenized = TokenizedPairs(iter(raw), tokenizer, cfg.contrastive, pack_rows=pack_rows)
+    tokenized = TokenizedPairs(iter(raw), tokenizer, pair_format(cfg.contrastive),
+                               pack_rows=pack_rows)
     return [next(tokenized) for _ in range(n)], raw
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(cfg.data.dir)
     tokenizer = load_tokenizer(root / "tokenizer")
     sources = load_sources(cfg, root)
-    pack_rows = plan_pack_rows(sources, tokenizer, c, cfg.data.batch_size, 1,
+    pack_rows = plan_pack_rows(sources, tokenizer, pair_format(c), cfg.data.batch_size, 1,
                                seed=cfg.data.seed)
     data, raw = {}, None
     for name, rows in (("padded", None), ("packed", pack_rows)):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         b["text_mask"].size for b in steady)
     # The loss check: the first packed batch against the same pairs padded.
     first = {key: raw[0][key][:pairs["packed"][0]] for key in ("query", "positive")}
-    check = {"padded": next(TokenizedPairs(iter([first]), tokenizer, c)),
+    check = {"padded": next(TokenizedPairs(iter([first]), tokenizer, pair_format(c))),
              "packed": data["packed"][0]}
 
     mesh = make_mesh(data=1, devices=jax.devices()[:1])

@@ -10,85 +10,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.contrastive import (
+    B,
+    assert_trees_close,
+    loss_and_grads,
+    make_data_dir,
+    numpy_info_nce,
+    one_layer_config,
+    random_batch,
+    tiny_run_config,
+    unit_rows,
+)
 
 from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher
-from jbert.data.tokenizer import save_tokenizer, train_tokenizer
 from jbert.model import functional
 from jbert.model.config import preset
 from jbert.ops.sharding import batch_sharding, make_mesh
 from jbert.tasks.contrastive import (
     GROUPS,
     cached_grad_fn,
-    contrastive_loss_fn,
     info_nce,
+    paired_slots,
     summarize,
     temperature,
 )
-from jbert.training.config import (
-    CheckpointConfig,
-    ContrastiveConfig,
-    DataConfig,
-    MeshConfig,
-    TrainConfig,
-)
-from jbert.training.optim import OptimConfig
-from jbert.training.state import param_shardings
+from jbert.training.config import ContrastiveConfig, DataConfig, TrainConfig
 from jbert.training.step import strided_split
 
 ROOT = Path(__file__).resolve().parent.parent
-B, LQ, LD, NEG = 16, 12, 20, 2
-
-
-def _config(dropout=0.0):
-    return preset("tiny", vocab_size=128, hidden_size=32, num_attention_heads=2,
-                  intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=dropout)
-
-
-def _batch(negatives=0, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def rows(n, length):
-        ids = rng.integers(5, 128, (n, length)).astype(np.int32)
-        mask = (np.arange(length)[None] < rng.integers(3, length + 1, (n, 1))).astype(np.int32)
-        return np.where(mask == 1, ids, 1).astype(np.int32), mask
-
-    out = {}
-    out["query_ids"], out["query_mask"] = rows(B, LQ)
-    out["doc_ids"], out["doc_mask"] = rows(B, LD)
-    if negatives:
-        out["neg_ids"], out["neg_mask"] = rows(B * negatives, LD)
-    return out
-
-
-def _numpy_info_nce(q, d, n, tau, symmetric):
-    q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
-    cand = d if n is None else np.concatenate([d, np.asarray(n, np.float64)])
-    logits = q @ cand.T / tau
-    fwd = np.log(np.exp(logits).sum(1)) - np.diag(logits[:, :len(q)])
-    if not symmetric:
-        return fwd.sum()
-    rev = d @ q.T / tau
-    bwd = np.log(np.exp(rev).sum(1)) - np.diag(rev)
-    return (0.5 * (fwd + bwd)).sum()
-
-
-def _unit(rng, shape):
-    x = rng.normal(size=shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+NEG = 2
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("negatives", [0, 3])
 def test_info_nce_matches_numpy_on_one_and_eight_devices(symmetric, negatives):
     rng = np.random.default_rng(1)
-    q, d = _unit(rng, (B, 8)), _unit(rng, (B, 8))
-    n = _unit(rng, (B * negatives, 8)) if negatives else None
-    want = _numpy_info_nce(q, d, n, 0.1, symmetric)
-    single = info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric)
+    q, d = unit_rows(rng, (B, 8)), unit_rows(rng, (B, 8))
+    n = unit_rows(rng, (B * negatives, 8)) if negatives else None
+    want = numpy_info_nce(q, d, n, 0.1, symmetric)
+    single = info_nce(*paired_slots(q, d, n), jnp.float32(0.1), symmetric=symmetric)
     mesh = make_mesh(data=2, fsdp=4)
     put = lambda x: None if x is None else jax.device_put(x, batch_sharding(mesh))  # noqa: E731
-    sharded = jax.jit(lambda q, d, n: info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric,
-                                               mesh=mesh))(put(q), put(d), put(n))
+    sharded = jax.jit(lambda q, d, n: info_nce(*paired_slots(q, d, n), jnp.float32(0.1),
+                                               symmetric=symmetric, mesh=mesh))(
+        put(q), put(d), put(n))
     for sums in (single, sharded):
         np.testing.assert_allclose(float(sums["loss_sum"]), want, rtol=1e-5)
         assert float(sums["count"]) == B
@@ -100,11 +65,11 @@ def test_info_nce_matches_numpy_on_one_and_eight_devices(symmetric, negatives):
 def test_info_nce_gradients_on_2x4_mesh_equal_single_device():
     """The gather's backward (a reduce-scatter) hands each device its documents' gradient."""
     rng = np.random.default_rng(2)
-    q, d, n = _unit(rng, (B, 8)), _unit(rng, (B, 8)), _unit(rng, (B * NEG, 8))
+    q, d, n = unit_rows(rng, (B, 8)), unit_rows(rng, (B, 8)), unit_rows(rng, (B * NEG, 8))
     mesh = make_mesh(data=2, fsdp=4)
 
     def loss(q, d, n, tau, mesh):
-        return info_nce(q, d, n, tau, symmetric=True, mesh=mesh)["loss_sum"]
+        return info_nce(*paired_slots(q, d, n), tau, symmetric=True, mesh=mesh)["loss_sum"]
 
     grad = jax.grad(loss, argnums=(0, 1, 2, 3))
     want = grad(q, d, n, jnp.float32(0.07), None)
@@ -114,26 +79,6 @@ def test_info_nce_gradients_on_2x4_mesh_equal_single_device():
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
-def _grads(cfg, params, batch, mesh, grad_fn=None):
-    """Loss sum and gradient under jit, on `mesh` (sharded rows and params) or one device."""
-    config = _config()
-    loss_fn = contrastive_loss_fn(config, cfg, mesh)
-    fn = grad_fn or jax.grad(loss_fn, has_aux=True)
-    if mesh is None:
-        grads, sums = jax.jit(fn)(params, batch, None)
-    else:
-        p_sh = param_shardings(mesh, config, "contrastive")
-        grads, sums = jax.jit(fn, in_shardings=(p_sh, batch_sharding(mesh), None))(
-            jax.device_put(params, p_sh), jax.device_put(batch, batch_sharding(mesh)), None)
-    return float(sums["loss_sum"]), jax.device_get(grads)
-
-
-def _assert_trees_close(a, b, atol):
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
-                            strict=True):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
-
-
 @pytest.mark.parametrize("variant", [
     pytest.param(dict(), marks=pytest.mark.slow),
     pytest.param(dict(symmetric=True, hard_negatives=NEG, learn_temperature=True),
@@ -141,12 +86,12 @@ def _assert_trees_close(a, b, atol):
 ], ids=["plain", "symmetric+negatives+learned"])
 def test_loss_and_grads_on_2x4_mesh_equal_single_device(variant):
     cfg = ContrastiveConfig(temperature=0.1, **variant)
-    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
-    batch = _batch(cfg.hard_negatives)
-    loss_1, grads_1 = _grads(cfg, params, batch, None)
-    loss_8, grads_8 = _grads(cfg, params, batch, make_mesh(data=2, fsdp=4))
+    params = functional.init_params(one_layer_config(), jax.random.key(0), "contrastive")
+    batch = random_batch(cfg.hard_negatives)
+    loss_1, grads_1 = loss_and_grads(cfg, params, batch, None)
+    loss_8, grads_8 = loss_and_grads(cfg, params, batch, make_mesh(data=2, fsdp=4))
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
-    _assert_trees_close(grads_8, grads_1, atol=1e-5)
+    assert_trees_close(grads_8, grads_1, atol=1e-5)
     assert np.abs(grads_1["bert"]["embeddings"]["word_embeddings"]["embedding"]).max() > 0
 
 
@@ -155,13 +100,14 @@ def test_loss_and_grads_on_2x4_mesh_equal_single_device(variant):
 def test_gradcache_equals_plain_gradient(mesh_shape):
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=NEG,
                             learn_temperature=True, chunk_size=8)
-    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
-    batch = _batch(NEG, seed=3)
-    loss_ref, grads_ref = _grads(cfg, params, batch, None)
+    params = functional.init_params(one_layer_config(), jax.random.key(0), "contrastive")
+    batch = random_batch(NEG, seed=3)
+    loss_ref, grads_ref = loss_and_grads(cfg, params, batch, None)
     mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
-    loss, grads = _grads(cfg, params, batch, mesh, grad_fn=cached_grad_fn(_config(), cfg, mesh))
+    loss, grads = loss_and_grads(cfg, params, batch, mesh,
+                                 grad_fn=cached_grad_fn(one_layer_config(), cfg, mesh))
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
-    _assert_trees_close(grads, grads_ref, atol=1e-5)
+    assert_trees_close(grads, grads_ref, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -170,11 +116,11 @@ def test_gradcache_with_dropout_reuses_the_masks():
     the gradient then equals that of a plain loss that embeds chunk c of group g (the strided
     rows c, c + 4, ...) with key fold_in(rng, g * 4 + c), and differs from the gradient with
     other masks (so the comparison can fail)."""
-    config = _config(dropout=0.2)
+    config = one_layer_config(dropout=0.2)
     chunks = 4
     cfg = ContrastiveConfig(temperature=0.1, chunk_size=B // chunks, hard_negatives=NEG)
     params = functional.init_params(config, jax.random.key(0), "contrastive")
-    batch, rng = _batch(NEG), jax.random.key(7)
+    batch, rng = random_batch(NEG), jax.random.key(7)
 
     def per_chunk_loss(params, rng):
         emb = {}
@@ -187,11 +133,12 @@ def test_gradcache_with_dropout_reuses_the_masks():
                                       dropout_rng=jax.random.fold_in(rng, index * chunks + c))
                      for c in range(chunks)]
             emb[group] = jnp.swapaxes(jnp.stack(parts), 0, 1).reshape(-1, parts[0].shape[-1])
-        return info_nce(emb["query"], emb["doc"], emb["neg"], temperature(cfg, params))["loss_sum"]
+        return info_nce(*paired_slots(emb["query"], emb["doc"], emb["neg"]),
+                        temperature(cfg, params))["loss_sum"]
 
     grads, _ = jax.jit(cached_grad_fn(config, cfg))(params, batch, rng)
     want = jax.jit(jax.grad(per_chunk_loss))(params, rng)
-    _assert_trees_close(grads, want, atol=1e-5)
+    assert_trees_close(grads, want, atol=1e-5)
     other = jax.jit(jax.grad(per_chunk_loss))(params, jax.random.key(8))
     kernel = ("bert", "encoder", "layer", "mlp", "wo", "kernel")
     g, o = grads, other
@@ -202,12 +149,12 @@ def test_gradcache_with_dropout_reuses_the_masks():
 
 def test_learned_temperature_gets_a_gradient_fixed_does_not_move():
     rng = np.random.default_rng(4)
-    q, d = _unit(rng, (B, 8)), _unit(rng, (B, 8))
+    q, d = unit_rows(rng, (B, 8)), unit_rows(rng, (B, 8))
     for learn in (True, False):
         cfg = ContrastiveConfig(temperature=0.1, learn_temperature=learn)
 
         def loss(params, cfg=cfg):
-            return info_nce(q, d, None, temperature(cfg, params))["loss_sum"]
+            return info_nce(*paired_slots(q, d), temperature(cfg, params))["loss_sum"]
 
         grad = jax.grad(loss)({"temperature_log_scale": jnp.zeros(())})
         moved = abs(float(grad["temperature_log_scale"])) > 1e-6
@@ -241,38 +188,6 @@ def test_multi_source_batches_are_single_source_and_resume():
     resumed = make()
     resumed.set_state(json.loads(json.dumps(state)))
     assert [next(resumed)["query"] for _ in range(5)] == expected
-
-
-def make_data_dir(root: Path, n_train=64, n_test=16) -> Path:
-    """A data dir with a small BPE and docstring/code pairs, as `prepare_corpus` lays it out."""
-    words = ["add", "sum", "read", "file", "parse", "json", "sort", "list", "open", "close"]
-
-    def pair(i):
-        a, b = words[i % 10], words[(i // 10) % 10]
-        return {"query": f"{a.capitalize()} the {b} number {i}.",
-                "positive": f"def {a}_{b}_{i}(x):\n    return {b}(x) + {i}"}
-
-    (root / "pairs").mkdir(parents=True)
-    for split, rows in (("train", range(n_train)), ("test", range(1000, 1000 + n_test))):
-        with open(root / "pairs" / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(pair(i)) + "\n" for i in rows)
-    texts = [t for i in range(200) for t in pair(i).values()]
-    save_tokenizer(train_tokenizer(texts, vocab_size=320), root / "tokenizer")
-    return root
-
-
-def tiny_run_config(data: Path, workdir: Path, *, batch_size=16, steps=4, log_every=2,
-                    dropout=0.0, mesh=None, keep=1, **contrastive) -> TrainConfig:
-    """A 1-layer contrastive run over `make_data_dir`'s data, checkpoints synchronous."""
-    return TrainConfig(
-        model=preset("tiny", vocab_size=320, hidden_size=32, num_attention_heads=2,
-                     intermediate_size=64, num_hidden_layers=1, hidden_dropout_prob=dropout),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1),
-        data=DataConfig(dir=str(data), batch_size=batch_size), mesh=mesh or MeshConfig(),
-        contrastive=ContrastiveConfig(**{"max_query_length": 16, "max_doc_length": 24,
-                                         **contrastive}),
-        checkpoint=CheckpointConfig(every_steps=100, keep=keep, async_save=False),
-        workdir=str(workdir), steps=steps, log_every=log_every, eval_every=100, progress=False)
 
 
 def test_sources_with_the_same_folder_name_are_refused(tmp_path):

@@ -7,24 +7,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.contrastive import (
+    assert_trees_close,
+    loss_and_grads,
+    numpy_info_nce,
+    one_layer_config,
+    random_batch,
+    unit_rows,
+)
 from helpers.synthetic import tiny_lora_cli
-from test_contrastive import _assert_trees_close, _config, _grads, _numpy_info_nce, _unit
 
 from jbert.data.packing import pack_fixed, texts_per_row
 from jbert.data.pair_batches import PairBatcher
-from jbert.data.tokenizer import train_tokenizer
-from jbert.model import functional
-from jbert.ops.sharding import batch_sharding, make_mesh
-from jbert.tasks.contrastive import (
+from jbert.data.pair_rows import (
     DOC,
     EMPTY,
     NEG,
     QUERY,
+    WAITING_BATCHES,
     TokenizedPairs,
+    plan_pack_rows,
+)
+from jbert.data.tokenizer import train_tokenizer
+from jbert.model import functional
+from jbert.ops.sharding import batch_sharding, make_mesh
+from jbert.tasks.contrastive import (
     cached_grad_fn,
     info_nce,
     loss_sizes,
-    plan_pack_rows,
+    pair_format,
+    paired_slots,
     summarize,
 )
 from jbert.training.config import ContrastiveConfig
@@ -40,20 +52,21 @@ def _truncated(x, size):
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_matryoshka_loss_is_the_weighted_sum_over_truncated_renormalised_sizes(symmetric):
     rng = np.random.default_rng(5)
-    q, d, n = _unit(rng, (B, 16)), _unit(rng, (B, 16)), _unit(rng, (2 * B, 16))
+    q, d, n = unit_rows(rng, (B, 16)), unit_rows(rng, (B, 16)), unit_rows(rng, (2 * B, 16))
     sizes = ((16, 1.0), (8, 0.5), (4, 0.25))
-    want = sum(w * _numpy_info_nce(_truncated(q, s), _truncated(d, s), _truncated(n, s), 0.1,
+    want = sum(w * numpy_info_nce(_truncated(q, s), _truncated(d, s), _truncated(n, s), 0.1,
                                    symmetric) for s, w in sizes)
     mesh = make_mesh(data=2, fsdp=4)
     put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
-    single = info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric, sizes=sizes)
-    sharded = jax.jit(lambda q, d, n: info_nce(q, d, n, jnp.float32(0.1), symmetric=symmetric,
-                                               mesh=mesh, sizes=sizes))(put(q), put(d), put(n))
+    single = info_nce(*paired_slots(q, d, n), jnp.float32(0.1), symmetric=symmetric, sizes=sizes)
+    sharded = jax.jit(lambda q, d, n: info_nce(*paired_slots(q, d, n), jnp.float32(0.1),
+                                               symmetric=symmetric, mesh=mesh, sizes=sizes))(
+        put(q), put(d), put(n))
     for sums in (single, sharded):
         np.testing.assert_allclose(float(sums["loss_sum"]), want, rtol=1e-5)
         np.testing.assert_allclose(
             float(sums["loss_dim8_sum"]),
-            _numpy_info_nce(_truncated(q, 8), _truncated(d, 8), _truncated(n, 8), 0.1, symmetric),
+            numpy_info_nce(_truncated(q, 8), _truncated(d, 8), _truncated(n, 8), 0.1, symmetric),
             rtol=1e-5)
     logged = summarize({k: float(v) for k, v in single.items()})
     assert set(logged) >= {"loss", "loss_dim16", "loss_dim8", "loss_dim4"}
@@ -75,21 +88,21 @@ def test_matryoshka_sizes_are_checked_against_the_model():
 @pytest.mark.parametrize("mesh_shape", [
     None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
 def test_gradcache_with_matryoshka_equals_the_plain_gradient(mesh_shape):
-    from test_contrastive import _batch
-
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=4,
                             learn_temperature=True, matryoshka_dims=(32, 16, 8),
                             matryoshka_weights=(1.0, 1.0, 0.5))
-    params = functional.init_params(_config(), jax.random.key(0), "contrastive")
-    batch = _batch(2, seed=7)
-    loss_ref, grads_ref = _grads(cfg, params, batch, None)
-    plain_loss, _ = _grads(ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2,
-                                             learn_temperature=True), params, batch, None)
+    params = functional.init_params(one_layer_config(), jax.random.key(0), "contrastive")
+    batch = random_batch(2, seed=7)
+    loss_ref, grads_ref = loss_and_grads(cfg, params, batch, None)
+    plain = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2,
+                              learn_temperature=True)
+    plain_loss, _ = loss_and_grads(plain, params, batch, None)
     assert loss_ref > plain_loss  # three sizes' losses, not one
     mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
-    loss, grads = _grads(cfg, params, batch, mesh, grad_fn=cached_grad_fn(_config(), cfg, mesh))
+    loss, grads = loss_and_grads(cfg, params, batch, mesh,
+                                 grad_fn=cached_grad_fn(one_layer_config(), cfg, mesh))
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
-    _assert_trees_close(grads, grads_ref, atol=1e-5)
+    assert_trees_close(grads, grads_ref, atol=1e-5)
 
 
 # -- packing ---------------------------------------------------------------------------------
@@ -132,19 +145,20 @@ def tokenizer():
 def _padded_and_packed(tokenizer, cfg, pairs, processes=1, multiple=4):
     """One raw batch per process as packed rows (planned for the data, concatenated as the
     trainer assembles the global batch) and, as padded rows, the pairs the packed rows took."""
-    rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B // processes, row_multiple=multiple)
+    rows = plan_pack_rows({"s": pairs}, tokenizer, pair_format(cfg), B // processes,
+                          row_multiple=multiple)
     parts, taken = [], {"query": [], "positive": [], "negatives": []}
     for p in range(processes):
         raw = next(PairBatcher(pairs, B, source="s", seed=0, process_index=p,
                                process_count=processes))
-        packed = TokenizedPairs(iter([raw]), tokenizer, cfg, pack_rows=rows, process_index=p,
-                                process_count=processes)
+        packed = TokenizedPairs(iter([raw]), tokenizer, pair_format(cfg), pack_rows=rows,
+                                process_index=p, process_count=processes)
         parts.append(next(packed))
         k = int((parts[-1]["text_role"] == QUERY).sum())
         assert len(packed.waiting) == B // processes - k  # the rest waits for the next batch
         for key in taken:
             taken[key] += raw[key][:k]
-    padded = next(TokenizedPairs(iter([taken]), tokenizer, cfg))
+    padded = next(TokenizedPairs(iter([taken]), tokenizer, pair_format(cfg)))
     return padded, {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}, rows
 
 
@@ -160,33 +174,33 @@ def _size(batch, what):
 ], ids=["plain", "symmetric+negatives+matryoshka"])
 @pytest.mark.parametrize("processes", [1, 2])
 def test_packed_batch_gives_the_padded_loss_and_gradients(tokenizer, variant, processes):
-    config = _config()
+    config = one_layer_config()
     cfg = ContrastiveConfig(temperature=0.1, max_query_length=48, max_doc_length=256, **variant)
     padded, packed, rows = _padded_and_packed(tokenizer, cfg, _pairs(64), processes)
     assert _size(packed, "tokens") == _size(padded, "tokens")  # the same texts
     assert _size(packed, "positions") < 0.6 * _size(padded, "positions")  # far less padding
     params = functional.init_params(config, jax.random.key(0), "contrastive")
-    loss_padded, grads_padded = _grads(cfg, params, padded, None)
-    loss_packed, grads_packed = _grads(cfg, params, packed, None)
+    loss_padded, grads_padded = loss_and_grads(cfg, params, padded, None)
+    loss_packed, grads_packed = loss_and_grads(cfg, params, packed, None)
     np.testing.assert_allclose(loss_packed, loss_padded, rtol=1e-5)
-    _assert_trees_close(grads_packed, grads_padded, atol=2e-5)
+    assert_trees_close(grads_packed, grads_padded, atol=2e-5)
 
 
 @pytest.mark.slow
 def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokenizer):
-    config = _config()
+    config = one_layer_config()
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=8,
                             learn_temperature=True, max_query_length=16, max_doc_length=32,
                             matryoshka_dims=(32, 16))
     padded, packed, rows = _padded_and_packed(tokenizer, cfg, _pairs(64), multiple=2 * 8)
     assert rows % 16 == 0
     params = functional.init_params(config, jax.random.key(0), "contrastive")
-    loss_ref, grads_ref = _grads(cfg, params, padded, None)
+    loss_ref, grads_ref = loss_and_grads(cfg, params, padded, None)
     mesh = make_mesh(data=2, fsdp=4)
-    loss, grads = _grads(cfg, params, packed, mesh,
+    loss, grads = loss_and_grads(cfg, params, packed, mesh,
                          grad_fn=cached_grad_fn(config, cfg, mesh, chunks=B // 8))
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
-    _assert_trees_close(grads, grads_ref, atol=2e-5)
+    assert_trees_close(grads, grads_ref, atol=2e-5)
 
 
 def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer):
@@ -200,12 +214,12 @@ def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer)
     cfg = ContrastiveConfig(max_query_length=24, max_doc_length=128, hard_negatives=2,
                             query_prompt="q: ")
     pairs = _pairs(400, seed=1)
-    rows = plan_pack_rows({"s": pairs}, tokenizer, cfg, B, row_multiple=1)
+    rows = plan_pack_rows({"s": pairs}, tokenizer, pair_format(cfg), B, row_multiple=1)
     assert rows < B * 4
 
     def stream():
-        return TokenizedPairs(PairBatcher(pairs, B, source="s", seed=3), tokenizer, cfg,
-                              pack_rows=rows)
+        return TokenizedPairs(PairBatcher(pairs, B, source="s", seed=3), tokenizer,
+                              pair_format(cfg), pack_rows=rows)
 
     def queries(batch):  # the packed query texts
         out = []
@@ -248,11 +262,10 @@ def test_a_waiting_line_that_only_grows_is_an_error(tokenizer):
     """Rows far too few for the batches (four here): the waiting pairs would pile up
     without bound, so the stream stops once more than WAITING_BATCHES batches wait."""
     from jbert.errors import InputError
-    from jbert.tasks.contrastive import WAITING_BATCHES
 
     cfg = ContrastiveConfig(max_query_length=24, max_doc_length=128, hard_negatives=2)
     stream = TokenizedPairs(PairBatcher(_pairs(400, seed=1), B, source="s", seed=3), tokenizer,
-                            cfg, pack_rows=4)
+                            pair_format(cfg), pack_rows=4)
     with pytest.raises(InputError, match=r"pairs wait for packed rows, more than 8 batches"):
         for _ in range(4 * WAITING_BATCHES):
             next(stream)
@@ -263,17 +276,18 @@ def test_prompts_prefix_every_query_and_document_in_training(tokenizer):
     pairs = _pairs(40)
     cfg = ContrastiveConfig(max_query_length=24, max_doc_length=32, hard_negatives=2,
                             query_prompt="query: ", doc_prompt="passage: ")
-    with_prompts = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer, cfg))
+    with_prompts = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer,
+                                       pair_format(cfg)))
     prefixed = [{"query": "query: " + p["query"], "positive": "passage: " + p["positive"],
                  "negatives": ["passage: " + n for n in p["negatives"]]} for p in pairs]
     plain_cfg = ContrastiveConfig(max_query_length=24, max_doc_length=32, hard_negatives=2)
     by_hand = next(TokenizedPairs(PairBatcher(prefixed, B, source="s", seed=0), tokenizer,
-                                  plain_cfg))
+                                  pair_format(plain_cfg)))
     assert with_prompts.keys() == by_hand.keys()
     for key in with_prompts:
         np.testing.assert_array_equal(with_prompts[key], by_hand[key])
     without = next(TokenizedPairs(PairBatcher(pairs, B, source="s", seed=0), tokenizer,
-                                  plain_cfg))
+                                  pair_format(plain_cfg)))
     assert not np.array_equal(without["query_ids"], with_prompts["query_ids"])
 
 
@@ -284,7 +298,7 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
     set, on a (2, 2, 2) mesh; the export reloads and carries its prompts, sizes and card."""
     import json
 
-    from test_contrastive import make_data_dir
+    from helpers.contrastive import make_data_dir
 
     import jbert
     from jbert.evaluation.embedder import Embedder
@@ -334,7 +348,7 @@ def test_packed_matryoshka_run_with_prompts_resumes_exactly(tmp_path):
     (2, 4) mesh ends with the uninterrupted run's weights and losses."""
     import json
 
-    from test_contrastive import make_data_dir, tiny_run_config
+    from helpers.contrastive import make_data_dir, tiny_run_config
 
     from jbert.tasks.contrastive import contrastive_task
     from jbert.training.config import MeshConfig

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.contrastive import make_data_dir, one_layer_config, random_batch
 from helpers.synthetic import global_batch, synthetic_task, tiny_config, tiny_lora_cli
 from jax.sharding import PartitionSpec
 
@@ -257,18 +258,16 @@ def test_sharded_lora_step_equals_single_device(tmp_path):
 
 @pytest.mark.slow
 def test_gradcache_lora_gradient_equals_the_plain_one():
-    from test_contrastive import _batch, _config
-
     from jbert.tasks.contrastive import cached_grad_fn, contrastive_loss_fn
     from jbert.training.config import ContrastiveConfig
 
-    config = _config()
+    config = one_layer_config()
     c = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2,
                           learn_temperature=True, chunk_size=8)
     base = functional.init_params(config, jax.random.key(0), "contrastive")
     trained = lora.trainable(base, _random_adapters(base, LORA))
     assert set(trained) == {"lora", "temperature_log_scale"}
-    batch = jax.tree.map(jnp.asarray, _batch(2, seed=3))
+    batch = jax.tree.map(jnp.asarray, random_batch(2, seed=3))
     plain = jax.grad(lora.on_merged(contrastive_loss_fn(config, c), base, LORA), has_aux=True)
     cached = lora.grad_on_merged(cached_grad_fn(config, c), base, LORA)
     want, want_sums = jax.jit(plain)(trained, batch, None)
@@ -286,8 +285,6 @@ def test_gradcache_lora_gradient_equals_the_plain_one():
 def test_contrastive_lora_with_gradcache_trains_and_exports(base_dir, tmp_path):
     """The contrastive entry point with --config.lora.rank=4: GradCache chunks of 8 rows on a
     (2, 2, 2) mesh, eval and export of the merged weights."""
-    from test_contrastive import make_data_dir
-
     from train.contrastive import main
 
     argv, config, base = tiny_lora_cli(make_data_dir(tmp_path / "data"), tmp_path,

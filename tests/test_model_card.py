@@ -6,8 +6,8 @@ import re
 import jax
 import pytest
 import yaml
+from helpers.contrastive import make_data_dir
 from helpers.synthetic import synthetic_task, tiny_config, tiny_model
-from test_contrastive import make_data_dir
 
 from jbert.hf.model_card import ModelCard, Table, render_card
 from jbert.hf.save import save_pretrained

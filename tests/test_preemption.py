@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.contrastive import make_data_dir
 from helpers.synthetic import synthetic_task, tiny_config
 
 from jbert.training import run_lock
@@ -204,7 +205,6 @@ def test_contrastive_run_with_packing_gradcache_and_lora_resumes_bitwise_after_s
     with the losses, eval figures and exported weights of an uninterrupted run."""
     from helpers.synthetic import tiny_lora_cli
     from safetensors.numpy import load_file
-    from test_contrastive import make_data_dir
 
     data = make_data_dir(tmp_path / "data")
     argv, _, _ = tiny_lora_cli(data, tmp_path, **{
@@ -321,7 +321,6 @@ def test_who_holds_a_lock(tmp_path, holder, age, live):
 
 
 def test_the_entry_point_refuses_a_busy_workdir_in_one_line(tmp_path, capsys, monkeypatch):
-    from test_contrastive import make_data_dir
 
     from train.contrastive import main
 

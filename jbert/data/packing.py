@@ -6,8 +6,8 @@ text and ALiBi only sees distances, so a packed text's embedding is the one it g
 
 `jbert.evaluation.embedder` packs into rows of a few power-of-two lengths; the contrastive stage
 packs each side of a batch into a fixed [R, L] layout (`pack_fixed`), so one compiled step
-serves every batch whatever its lengths (`jbert.tasks.contrastive.TokenizedPairs` decides which
-pairs fit).
+serves every batch whatever its lengths (`jbert.data.pair_rows.TokenizedPairs` decides which pairs
+fit).
 """
 
 from __future__ import annotations

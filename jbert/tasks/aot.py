@@ -84,7 +84,7 @@ def pretrain_step(cfg: TrainConfig) -> tuple[StepShapes, Any, Any]:
 def contrastive_step(cfg: TrainConfig, mesh, row_multiple: int) -> tuple[StepShapes, Any, Any]:
     """(shapes, loss_fn, grad_fn) of the contrastive step: padded groups, or packed rows sized
     for the worst case (every text at its length limit)."""
-    from jbert.tasks.contrastive import contrastive_step_fns, packed_length
+    from jbert.tasks.contrastive import contrastive_step_fns, pair_format
 
     c = cfg.contrastive
     pairs, n_neg = cfg.data.batch_size, c.hard_negatives
@@ -92,7 +92,7 @@ def contrastive_step(cfg: TrainConfig, mesh, row_multiple: int) -> tuple[StepSha
     # Every text at its length limit: the padded groups' positions, the packed rows' bound.
     tokens = pairs * (c.max_query_length + (1 + n_neg) * c.max_doc_length)
     if c.pack:
-        length = packed_length(c)
+        length = pair_format(c).packed_length
         rows = -(-tokens // length)
         rows = -(-rows // row_multiple) * row_multiple
         slots = texts_per_row(length)

@@ -1,0 +1,264 @@
+"""InfoNCE over the global batch, Matryoshka sizes, the temperature, and a batch's loss.
+
+Batches are dicts of token arrays, rows split over the (data, fsdp) mesh axes:
+`query_ids`/`query_mask` [B, Lq], `doc_ids`/`doc_mask` [B, Ld] (row i is query i's positive),
+and with hard negatives `neg_ids`/`neg_mask` [B*n, Ld] (rows i*n .. i*n+n-1 belong to query i,
+so a device's negatives sit with its queries); packed, one group `text` of slots
+(`jbert.data.pair_rows`). Shapes: B global pairs, b pairs on one device, C candidate documents
+of the global batch (c on one device), D embedding width.
+
+The loss scores every query against every positive and every hard negative of the global batch:
+inside `jax.shard_map` each device all-gathers the candidates (`lax.all_gather(tiled=True)`),
+computes its queries' rows of the similarity matrix and the loss sum is `psum`med. The backward
+of the gather is a reduce-scatter, so each device receives the gradient of its own documents.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jbert.data.pair_rows import DOC, QUERY
+from jbert.errors import ConfigError
+from jbert.model import functional
+from jbert.model.config import JinaBertConfig
+from jbert.model.heads import l2_normalize
+from jbert.ops.sharding import BATCH_AXES
+from jbert.training.config import ContrastiveConfig
+from jbert.training.step import Batch, LossFn
+
+# A learned temperature is kept in [MIN, MAX]: near zero the logits and gradients explode.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.005, 1.0
+# (batch key prefix, dropout fold-in index) in the order they are embedded: a group's dropout
+# key is fold_in(rng, index), so GradCache's re-run (and a test) can rebuild it.
+GROUPS = (("query", 0), ("doc", 1), ("neg", 2), ("text", 3))
+# Embeddings [X, D] and their pair ids [X]: a query's positive is the candidate with its id,
+# hard negatives have ids no query has, -1 marks an empty slot (packed rows).
+Slots = tuple[jax.Array, jax.Array]
+
+
+def temperature(cfg: ContrastiveConfig, params: Any) -> jax.Array:
+    """The InfoNCE temperature: fixed, or `cfg.temperature * exp(learned log-scale)`."""
+    if not cfg.learn_temperature:
+        return jnp.asarray(cfg.temperature, jnp.float32)
+    tau = cfg.temperature * jnp.exp(params["temperature_log_scale"].astype(jnp.float32))
+    return jnp.clip(tau, MIN_TEMPERATURE, MAX_TEMPERATURE)
+
+
+def loss_sizes(cfg: ContrastiveConfig, width: int) -> tuple[tuple[int, float], ...]:
+    """(embedding size, weight) pairs the loss sums over: the Matryoshka sizes, else the full
+    width alone."""
+    if not cfg.matryoshka_dims:
+        return ((width, 1.0),)
+    too_wide = [d for d in cfg.matryoshka_dims if d > width]
+    if too_wide:
+        raise ConfigError(f"contrastive.matryoshka_dims={cfg.matryoshka_dims}: {too_wide} wider "
+                         f"than the model's hidden_size={width}")
+    weights = cfg.matryoshka_weights or (1.0,) * len(cfg.matryoshka_dims)
+    return tuple(zip(cfg.matryoshka_dims, weights, strict=True))
+
+
+def _matryoshka(x_XD: jax.Array, size: int) -> jax.Array:
+    """The leading `size` dimensions, L2-normalised again (the whole vector when it is no wider)."""
+    if size >= x_XD.shape[-1]:
+        return x_XD
+    return l2_normalize(x_XD[..., :size].astype(jnp.float32))
+
+
+def _logits(q_bD: jax.Array, cand_CD: jax.Array, tau: jax.Array, cand_valid_C: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+    """(similarities, logits) [b, C]; an empty candidate's logit is -inf."""
+    sim_bC = jnp.einsum("bd,cd->bc", q_bD, cand_CD, preferred_element_type=jnp.float32)
+    return sim_bC, jnp.where(cand_valid_C[None, :], sim_bC / tau, -jnp.inf)
+
+
+def _query_to_doc(logits_bC: jax.Array, pos_bC: jax.Array, query_valid_b: jax.Array
+                  ) -> jax.Array:
+    """The loss sum of this device's queries, each against all candidates."""
+    pos_logit_b = jnp.sum(jnp.where(pos_bC, logits_bC, 0.0), axis=1)
+    return jnp.sum(jnp.where(query_valid_b, jax.nn.logsumexp(logits_bC, axis=1) - pos_logit_b,
+                             0.0))
+
+
+def _doc_to_query(doc_cD: jax.Array, doc_ids_c: jax.Array, q_BD: jax.Array,
+                  query_ids_B: jax.Array, tau: jax.Array) -> jax.Array:
+    """The loss sum of this device's positives (code -> query), each against all queries."""
+    rev_cB = jnp.einsum("cd,bd->cb", doc_cD, q_BD, preferred_element_type=jnp.float32) / tau
+    rev_cB = jnp.where(query_ids_B[None, :] >= 0, rev_cB, -jnp.inf)
+    rev_pos_cB = (doc_ids_c[:, None] == query_ids_B[None, :]) & (doc_ids_c >= 0)[:, None]
+    rev_pos_c = jnp.sum(jnp.where(rev_pos_cB, rev_cB, 0.0), axis=1)
+    positive_c = jnp.any(rev_pos_cB, axis=1)  # not a hard negative, not empty
+    return jnp.sum(jnp.where(positive_c, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0))
+
+
+def _info_nce_shard(queries: Slots, candidates: dict[str, Slots], tau: jax.Array, *,
+                    axes: Any, symmetric: bool, sizes: tuple[tuple[int, float], ...]
+                    ) -> dict[str, jax.Array]:
+    """Loss sums for this device's query slots against all candidate slots of the global batch.
+    With `axes=None` the shard is the whole batch (the single-device reference)."""
+    def gather(x):
+        return x if axes is None else lax.all_gather(x, axes, axis=0, tiled=True)
+
+    q_bD, query_ids_b = queries
+    # The global gather: every device sees every positive and every hard negative.
+    cand_CD = jnp.concatenate([gather(emb) for emb, _ in candidates.values()])
+    cand_ids_C = jnp.concatenate([gather(ids) for _, ids in candidates.values()])
+    query_valid_b, cand_valid_C = query_ids_b >= 0, cand_ids_C >= 0
+    pos_bC = (query_ids_b[:, None] == cand_ids_C[None, :]) & query_valid_b[:, None]
+    if symmetric:
+        doc_cD, doc_ids_c = candidates["doc"]
+        q_BD, query_ids_B = gather(q_bD), gather(query_ids_b)
+
+    def loss_at(size: int) -> jax.Array:
+        _, logits_bC = _logits(_matryoshka(q_bD, size), _matryoshka(cand_CD, size), tau,
+                               cand_valid_C)
+        loss = _query_to_doc(logits_bC, pos_bC, query_valid_b)
+        if symmetric:
+            loss = 0.5 * (loss + _doc_to_query(_matryoshka(doc_cD, size), doc_ids_c,
+                                               _matryoshka(q_BD, size), query_ids_B, tau))
+        return loss
+
+    full = q_bD.shape[-1]
+    sums = {"loss_sum": jnp.zeros((), jnp.float32)}
+    for size, weight in sizes:
+        loss = loss_at(size)
+        sums["loss_sum"] += weight * loss
+        if len(sizes) > 1 or size != full:
+            sums[f"loss_dim{size}_sum"] = loss
+    # The statistics at the full width (XLA computes the similarities once when it is a size).
+    sim_bC, logits_bC = _logits(q_bD, cand_CD, tau, cand_valid_C)
+    neg_bC = cand_valid_C[None, :] & ~pos_bC & query_valid_b[:, None]
+    best_b = jnp.argmax(logits_bC, axis=1)
+    sums |= {
+        "correct": jnp.sum(query_valid_b
+                           & jnp.take_along_axis(pos_bC, best_b[:, None], 1)[:, 0]),
+        "pos_sim_sum": jnp.sum(jnp.where(pos_bC, sim_bC, 0.0)),
+        "neg_sim_sum": jnp.sum(jnp.where(neg_bC, sim_bC, 0.0)),
+        "hardest_neg_sim_sum": jnp.sum(jnp.where(
+            query_valid_b, jnp.max(jnp.where(neg_bC, sim_bC, -jnp.inf), axis=1), 0.0)),
+        "neg_count": jnp.sum(neg_bC).astype(jnp.float32),
+        "count": jnp.sum(query_valid_b).astype(jnp.float32),
+    }
+    if axes is not None:
+        sums = lax.psum(sums, axes)
+    return sums
+
+
+def info_nce(queries: Slots, candidates: dict[str, Slots], tau: jax.Array, *,
+             symmetric: bool = False, mesh: Mesh | None = None,
+             sizes: tuple[tuple[int, float], ...] = ()) -> dict[str, jax.Array]:
+    """InfoNCE sums over the global batch: `loss_sum` (mean over queries = loss_sum / count),
+    the in-batch accuracy and similarity statistics, summed over the Matryoshka `sizes`
+    (default the full width). Each query slot scores against every candidate slot
+    (`{"doc": slots, "neg": slots}`); with `symmetric`, each `doc` slot also against every
+    query (code -> query). With `mesh`, written per device in shard_map."""
+    sizes = sizes or ((queries[0].shape[-1], 1.0),)
+    body = functools.partial(_info_nce_shard, symmetric=symmetric, sizes=sizes)
+    if mesh is None:
+        sums = body(queries, candidates, tau, axes=None)
+    else:
+        rows = P(BATCH_AXES)  # a prefix: every array of the slots has its rows split
+        sums = jax.shard_map(functools.partial(body, axes=BATCH_AXES), mesh=mesh,
+                             in_specs=(rows, rows, P()), out_specs=P())(queries, candidates, tau)
+    return {**sums, "temperature_sum": tau.astype(jnp.float32),
+            "calls": jnp.ones((), jnp.float32)}
+
+
+def paired_slots(q_BD: jax.Array, d_BD: jax.Array, n_MD: jax.Array | None = None
+                 ) -> tuple[Slots, dict[str, Slots]]:
+    """`info_nce`'s slots of padded rows: row i of `q_BD` and `d_BD` is pair i; the hard
+    negatives `n_MD` get ids no query has."""
+    rows = jnp.arange(q_BD.shape[0], dtype=jnp.int32)
+    candidates = {"doc": (d_BD, rows)}
+    if n_MD is not None:
+        candidates["neg"] = (n_MD, q_BD.shape[0] + jnp.arange(n_MD.shape[0], dtype=jnp.int32))
+    return (q_BD, rows), candidates
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Logged means: loss (and each Matryoshka size's, `loss_dim128`), in-batch accuracy,
+    similarity of positives and of negatives (mean and the hardest per query), the
+    temperature."""
+    count = max(sums.get("count", 1.0), 1.0)
+    per_size = {k.removesuffix("_sum"): v / count for k, v in sums.items()
+                if k.startswith("loss_dim")}
+    return per_size | {
+        "loss": sums["loss_sum"] / count,
+        "accuracy": sums["correct"] / count,
+        "pos_sim": sums["pos_sim_sum"] / count,
+        "neg_sim": sums["neg_sim_sum"] / max(sums["neg_count"], 1.0),
+        "hardest_neg_sim": sums["hardest_neg_sim_sum"] / count,
+        "temperature": sums["temperature_sum"] / max(sums["calls"], 1.0),
+    }
+
+
+# -- a batch's loss: the plain step's, and GradCache's over the embeddings ---------------------
+
+
+def batch_groups(batch: Batch) -> list[tuple[str, int]]:
+    """The `GROUPS` in this batch: (key prefix, dropout fold-in index)."""
+    return [(k, i) for k, i in GROUPS if f"{k}_ids" in batch]
+
+
+def group_rows(batch: Batch, key: str) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """A group's (ids, mask, segment ids or None) row arrays."""
+    return batch[f"{key}_ids"], batch[f"{key}_mask"], batch.get(f"{key}_segment_ids")
+
+
+def group_segments(batch: Batch, key: str) -> int:
+    """Texts per row: S of a packed group's pair ids [R, S], else 1."""
+    return batch[f"{key}_pair"].shape[-1] if f"{key}_pair" in batch else 1
+
+
+def embed_rows(config: JinaBertConfig, params: Any,
+               rows: tuple[jax.Array, jax.Array, jax.Array | None], segments: int,
+               rng: jax.Array | None) -> jax.Array:
+    """Embeddings [B, D] of `group_rows`, or [B, S, D] for packed rows (S `segments`)."""
+    ids_BL, mask_BL, segment_ids_BL = rows
+    return functional.embed(config, params, ids_BL, mask_BL, None, segment_ids_BL,
+                            num_segments=segments, dropout_rng=rng)
+
+
+def dropout_key(rng: jax.Array | None, index: int | jax.Array) -> jax.Array | None:
+    return None if rng is None else jax.random.fold_in(rng, index)
+
+
+def batch_tokens(batch: Batch) -> jax.Array:
+    return sum(jnp.sum(batch[f"{k}_mask"]) for k, _ in batch_groups(batch))
+
+
+def batch_loss_sums(emb: dict[str, jax.Array], batch: Batch, tau: jax.Array,
+                    cfg: ContrastiveConfig, mesh: Mesh | None) -> dict[str, jax.Array]:
+    """InfoNCE of a batch's embeddings per group. Packed rows ([R, S, D] under `text`) are
+    slots: the query slots score against the document and negative slots, matched by pair id."""
+    width = next(iter(emb.values())).shape[-1]
+    if "text" in emb:
+        slots_XD = emb["text"].reshape(-1, width)
+        pair_X, role_X = batch["text_pair"].reshape(-1), batch["text_role"].reshape(-1)
+        queries = (slots_XD, jnp.where(role_X == QUERY, pair_X, -1))
+        candidates = {"doc": (slots_XD, jnp.where(role_X >= DOC, pair_X, -1))}
+    else:
+        queries, candidates = paired_slots(emb["query"], emb["doc"], emb.get("neg"))
+    return info_nce(queries, candidates, tau, symmetric=cfg.symmetric, mesh=mesh,
+                    sizes=loss_sizes(cfg, width))
+
+
+def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
+                        mesh: Mesh | None = None) -> LossFn:
+    """The plain step's loss: embed queries, positives and negatives, InfoNCE over the batch."""
+    loss_sizes(cfg, config.hidden_size)  # refuse sizes wider than the model before tracing
+
+    def loss(params, batch: Batch, dropout_rng):
+        emb = {k: embed_rows(config, params, group_rows(batch, k), group_segments(batch, k),
+                             dropout_key(dropout_rng, i)) for k, i in batch_groups(batch)}
+        sums = batch_loss_sums(emb, batch, temperature(cfg, params), cfg, mesh)
+        sums["tokens"] = batch_tokens(batch)
+        return sums["loss_sum"], sums
+
+    return loss
