@@ -230,6 +230,223 @@ def _has_checkpoints(directory: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+def make_checkpointer(cfg: TrainConfig) -> Checkpointer:
+    return Checkpointer(Path(cfg.workdir) / "checkpoints", keep=cfg.checkpoint.keep,
+                        async_save=cfg.checkpoint.async_save)
+
+
+@dataclasses.dataclass
+class Start:
+    """Where a run begins: its state, this process's data position (None: the beginning), the
+    line that says where it came from, the resumed checkpoint's meta ({} when not resumed), and
+    for LoRA the frozen base weights (not part of the state) with where they came from."""
+
+    state: State
+    data_position: dict | None
+    origin: str
+    meta: dict
+    resumed: bool = False
+    base: Any = None
+    base_source: str | None = None
+
+
+def resolve_start(cfg: TrainConfig, head: str, mesh, tx, abstract: State,
+                  checkpointer: Checkpointer | None) -> Start:
+    """The newest checkpoint that reads back intact (resume; unreadable ones are reported and
+    set aside), else the `init_from` weights with a fresh optimiser, else a fresh state. A
+    checkpoint of another state tree, or LoRA adapters that do not fit, is a `ConfigError`."""
+    lora_cfg = cfg.lora if cfg.lora.rank else None
+    restored = None
+    if checkpointer is not None:
+        try:
+            restored = checkpointer.restore_latest(abstract)
+        except StructureMismatchError as e:
+            raise ConfigError(config_change_message(cfg, e)) from None
+    if restored is not None:
+        latest, state, data_state, meta = restored
+        start = Start(state, own_position(data_state), f"resumed from step {latest}", meta,
+                      resumed=True)
+        if lora_cfg is not None:
+            step_dir = Path(cfg.workdir) / "checkpoints" / str(latest)
+            saved = _resumed_lora(lora_cfg, meta, step_dir)
+            start.base_source = saved.base
+            start.base = lora_base(saved, cfg.model, head, f"checkpoint {step_dir}")
+    elif cfg.init_from:
+        params = init_params_from(cfg.init_from, cfg.model, head)
+        start = Start(init_state(mesh, cfg.model, head, tx, cfg.seed, params=params,
+                                 lora_cfg=lora_cfg), None, f"weights from {cfg.init_from}", {})
+        if lora_cfg is not None:
+            start.base, start.base_source = params, str(Path(cfg.init_from).absolute())
+    else:
+        start = Start(init_state(mesh, cfg.model, head, tx, cfg.seed), None,
+                      "fresh initialisation", {})
+    if lora_cfg is not None:
+        start.origin += (f"; LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}, "
+                         f"base {start.base_source}")
+    return start
+
+
+@dataclasses.dataclass
+class BoundStep:
+    """The step as the loop calls it, `(state, this process's rows) -> (state, metrics)`;
+    `plain` turns the trained params into the plain weights evaluation sees; `meta` goes into
+    every checkpoint (the head; with LoRA, its base). With LoRA the frozen base is bound here,
+    once: the jitted step gets it as its third argument, `plain` merges the adapters into it."""
+
+    step: Callable
+    plain: Callable[[Any], Any]
+    meta: dict
+
+
+def bind_step(cfg: TrainConfig, head: str, train_fn: Callable, mesh, plain_sh: Any,
+              start: Start) -> BoundStep:
+    # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
+    step_fn, batch_sh = with_mesh(train_fn, mesh), batch_sharding(mesh)
+    if not cfg.lora.rank:
+        return BoundStep(lambda state, rows: step_fn(state, global_batch(rows, batch_sh)),
+                         lambda params: params, {"head": head})
+    base = jax.device_put(start.base, plain_sh)
+    merge = jax.jit(functools.partial(lora.merge, cfg=cfg.lora), out_shardings=plain_sh)
+    return BoundStep(lambda state, rows: step_fn(state, global_batch(rows, batch_sh), base),
+                     lambda params: merge(base, params),
+                     {"head": head, "lora": lora_meta(cfg.lora, start.base_source,
+                                                      functional.encoder_params(base))})
+
+
+def make_evaluate(task: Task, mesh, plain_sh: Any, plain: Callable[[Any], Any]
+                  ) -> Callable[[Any], dict[str, float]]:
+    """Trained params -> the logged eval figures: the task's eval batches' summarised sums
+    (`eval_...`) and its own `evaluate`, both on the plain weights."""
+    batch_sh = batch_sharding(mesh)
+    eval_fn = with_mesh(jax.jit(functools.partial(eval_step, loss_fn=task.loss_fn),
+                                in_shardings=(plain_sh, batch_sh)), mesh)
+    batches = task.eval_data(jax.process_index(), jax.process_count()) if task.eval_data else []
+    summarize = task.summarize or default_summary
+
+    def evaluate(params) -> dict[str, float]:
+        params, out = plain(params), {}
+        if batches:
+            sums: dict[str, float] = {}
+            for rows in batches:
+                metrics = jax.device_get(eval_fn(params, global_batch(rows, batch_sh)))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            out.update({f"eval_{k}": v for k, v in summarize(sums).items()})
+        if task.evaluate is not None:
+            out.update(task.evaluate(params))
+        return out
+
+    return evaluate
+
+
+class MetricsWindow:
+    """A step's metrics, fetched one step late (`drain`) so that the host never waits for the
+    device: a non-finite step is logged to `events.jsonl` and, with `on_nonfinite="stop"`,
+    raises `NonFiniteError`; every `log_every` steps the window's summarised means, with the
+    learning rate, tokens/s, ETA and MFU, are logged (`last` keeps the latest record)."""
+
+    def __init__(self, cfg: TrainConfig, task: Task, logger: MetricsLogger,
+                 last_good: Callable[[], int | None], start_step: int):
+        self.cfg, self.logger, self.last_good = cfg, logger, last_good
+        self.summarize = task.summarize or default_summary
+        self.learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)
+        peak = peak_flops_per_device(cfg.peak_flops_per_device)
+        self.flops_per_s = (peak * jax.device_count() / task.flops_per_token
+                            if peak and task.flops_per_token else None)
+        self.pending: tuple | None = None  # (step, metrics on device, data position before it)
+        self.step = start_step  # the last step pushed
+        self.last: dict[str, float] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.tokens, self.since = 0.0, time.perf_counter()
+
+    def push(self, step: int, metrics: Any, position: dict) -> None:
+        """Takes step `step`'s metrics and drains the previous step's."""
+        self.drain()
+        self.pending, self.step = (step, metrics, position), step
+
+    def drain(self) -> None:
+        if self.pending is None:
+            return
+        (step, metrics, position), self.pending = self.pending, None
+        cfg = self.cfg
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not values.pop("finite"):
+            event = {"event": "nonfinite", "step": step, "data_position": position,
+                     "action": cfg.on_nonfinite, **values}
+            self.logger.write(step, event)
+            if jax.process_index() == 0:
+                with (Path(cfg.workdir) / "events.jsonl").open("a") as f:
+                    f.write(json.dumps(event, default=float) + "\n")
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteError(f"non-finite loss or gradient at step {step} (data "
+                                     f"position {position}); last good checkpoint: "
+                                     f"{self.last_good()}")
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.tokens += values.get("tokens", 0.0)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - self.since
+            record = self.summarize(self.sums)
+            record.update(grad_norm=values["grad_norm"],
+                          learning_rate=float(self.learning_rate(step - 1)),
+                          tokens_per_s=self.tokens / max(elapsed, 1e-9),
+                          steps_remaining=cfg.steps - step)
+            record["eta_s"] = (cfg.steps - step) * elapsed / cfg.log_every
+            if self.flops_per_s:
+                record["mfu"] = record["tokens_per_s"] / self.flops_per_s
+            self.logger.write(step, record)
+            self.last = record
+            self._reset()
+        self.logger.advance(step)
+
+
+def run_steps(cfg: TrainConfig, start: Start, data: DataIterator, bound: BoundStep,
+              evaluate: Callable, checkpointer: Checkpointer, window: MetricsWindow,
+              stop_at: int | None) -> tuple[State, str]:
+    """The steps after the start's, to `cfg.steps` or an earlier stop: `stop_at`, or a
+    SIGTERM/SIGINT (`Preemption`: a step every process agrees on). Checkpoints every
+    `checkpoint.every_steps` and at the stop, evaluates every `eval_every`; returns the last
+    state and the status (done, stopped or preempted)."""
+    state, logger = start.state, window.logger
+
+    def log_eval(step: int) -> None:
+        record = evaluate(state["params"])
+        if record:
+            logger.write(step, record)
+
+    with Preemption() as preemption:
+        if start.meta.get("eval_pending"):  # skipped when a signal stopped the run at that step
+            log_eval(int(state["step"]))
+        for step in range(int(state["step"]) + 1, cfg.steps + 1):
+            position = data.get_state()
+            state, metrics = bound.step(state, next(data))
+            window.push(step, metrics, position)
+            preempted = preemption.stop_at(step)  # every process, every step
+            stopping = preempted or step == stop_at
+            eval_due = step % cfg.eval_every == 0 and step != cfg.steps
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.steps or stopping:
+                window.drain()  # never checkpoint a state whose step was non-finite
+                # A signal skips the eval (the stop stays prompt): the resumed run does it.
+                checkpointer.save(step, state, all_positions(data.get_state()),
+                                  {"step": step, **bound.meta, **window.last,
+                                   "eval_pending": eval_due and preempted}, force=True)
+            if eval_due and not preempted:
+                log_eval(step)
+            if preempted:
+                checkpointer.wait()  # until the checkpoint is committed
+                logger.print(f"[jbert] preempted ({preemption.signal}): saved step {step}; "
+                             "run the same command again to resume")
+                return state, "preempted"
+            if stopping:
+                logger.print(f"[jbert] stopped: saved step {step}, exiting")
+                return state, "stopped"
+    window.drain()
+    return state, "done"
+
+
 def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
           data_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs (or resumes) training to `cfg.steps`; returns the final summary.
@@ -239,226 +456,69 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
     the task says about its data: sizes, sources) goes into `summary.json` under `data`, next to
     the hardware and the wall time, for the export's model card.
     """
-    started = time.perf_counter()
-    workdir = Path(cfg.workdir)
-    lora_cfg = cfg.lora if cfg.lora.rank else None
-    if lora_cfg is not None and not cfg.init_from:
+    started, workdir = time.perf_counter(), Path(cfg.workdir)
+    if cfg.lora.rank and not cfg.init_from:
         raise ConfigError(f"lora.rank={cfg.lora.rank} trains adapters on given weights: set "
                           "init_from to the base (an HF export or a run directory)")
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     local_rows = check_batch_layout(cfg, mesh)
     tx = make_optimizer(cfg.optim, cfg.steps)
-    learning_rate = learning_rate_schedule(cfg.optim, cfg.steps)  # for the logs
-    model_config = cfg.model
     train_fn, abstract, plain_sh = build_train_step(cfg, mesh, tx, task.head, task.loss_fn,
                                                     task.grad_fn)
-    summarize = task.summarize or default_summary
-    # Before anything in the workdir is read or written; given back (and a workdir it made
-    # removed) when the start fails.
+    # Before anything in the workdir is read or written. Until the data iterator exists
+    # nothing else is written; a failure before the loop gives the lock back.
     lock = acquire_run_lock(workdir)
-
-    def make_checkpointer() -> Checkpointer:
-        return Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
-                            async_save=cfg.checkpoint.async_save)
-
-    # Newest checkpoint that reads back intact; unreadable ones are reported and set aside.
-    # Until the data iterator exists nothing but the lock is written (the checkpointer creates
-    # its dir); a failure before the loop gives the lock back.
     checkpointer = None
-    meta: dict[str, Any] = {}
     try:
         if _has_checkpoints(workdir / "checkpoints"):
-            checkpointer = make_checkpointer()
-        restored = None
-        if checkpointer is not None:
-            try:
-                restored = checkpointer.restore_latest(abstract)
-            except StructureMismatchError as e:
-                raise ConfigError(config_change_message(cfg, e)) from None
-        data_state = None
-        base, base_source = None, None  # LoRA: the frozen weights, not part of the state
-        if restored is not None:
-            latest, state, data_state, meta = restored
-            data_state = own_position(data_state)
-            origin = f"resumed from step {latest}"
-            if lora_cfg is not None:
-                step_dir = workdir / "checkpoints" / str(latest)
-                saved = _resumed_lora(lora_cfg, meta, step_dir)
-                base_source = saved.base
-                base = lora_base(saved, model_config, task.head, f"checkpoint {step_dir}")
-        elif cfg.init_from:
-            params = init_params_from(cfg.init_from, model_config, task.head)
-            if lora_cfg is not None:
-                base, base_source = params, str(Path(cfg.init_from).absolute())
-            state = init_state(mesh, model_config, task.head, tx, cfg.seed, params=params,
-                               lora_cfg=lora_cfg)
-            origin = f"weights from {cfg.init_from}"
-        else:
-            state = init_state(mesh, model_config, task.head, tx, cfg.seed)
-            origin = "fresh initialisation"
-        if lora_cfg is not None:
-            origin += (f"; LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}, "
-                       f"base {base_source}")
-        data = task.train_data(jax.process_index(), jax.process_count(), data_state)
-        start_step = int(state["step"])
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpointer = checkpointer or make_checkpointer()
+            checkpointer = make_checkpointer(cfg)
+        start = resolve_start(cfg, task.head, mesh, tx, abstract, checkpointer)
+        data = task.train_data(jax.process_index(), jax.process_count(), start.data_position)
+        checkpointer = checkpointer or make_checkpointer(cfg)
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(to_json(cfg))
-
-        batch_sh = batch_sharding(mesh)
-        # Traced with the mesh set: the model's activation constraints (`constrain`) follow it.
-        step_fn = with_mesh(train_fn, mesh)
-        eval_fn = with_mesh(jax.jit(
-            functools.partial(eval_step, loss_fn=task.loss_fn),
-            in_shardings=(plain_sh, batch_sh)), mesh)
-        meta_extra: dict[str, Any] = {}
-        if lora_cfg is not None:
-            base = jax.device_put(base, plain_sh)
-            lora_step_fn = step_fn
-            step_fn = lambda state, batch: lora_step_fn(state, batch, base)  # noqa: E731
-            merge_fn = jax.jit(functools.partial(lora.merge, cfg=lora_cfg),
-                               out_shardings=plain_sh)
-            meta_extra["lora"] = lora_meta(lora_cfg, base_source,
-                                           functional.encoder_params(base))
-        eval_batches = (task.eval_data(jax.process_index(), jax.process_count())
-                        if task.eval_data else [])
-
+        bound = bind_step(cfg, task.head, train_fn, mesh, plain_sh, start)
+        evaluate = make_evaluate(task, mesh, plain_sh, bound.plain)
+        start_step = int(start.state["step"])
         logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
                                progress=cfg.progress, prefix=task.head)
-        logger.print(f"[jbert] {origin}; {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
-                     f"{local_rows} rows per process; logs in {workdir}")
-        peak = peak_flops_per_device(cfg.peak_flops_per_device)
     except BaseException:
         if checkpointer is not None:
             checkpointer.close()
         if lock is not None:
             lock.release(remove_created=True)
         raise
-
-    def run_eval(params) -> dict[str, float]:
-        if lora_cfg is not None:  # the adapted model, as plain weights
-            params = merge_fn(base, params)
-        out: dict[str, float] = {}
-        if eval_batches:
-            sums: dict[str, float] = {}
-            for local in eval_batches:
-                metrics = jax.device_get(eval_fn(params, global_batch(local, batch_sh)))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            out.update({f"eval_{k}": v for k, v in summarize(sums).items()})
-        if task.evaluate is not None:
-            out.update(task.evaluate(params))
-        return out
-
-    def save(step: int, state, data_position: dict, meta: dict, force: bool = False) -> None:
-        checkpointer.save(step, state, data_position, meta, force=force)
-
-    summary: dict[str, Any] = {"start_step": start_step, "origin": origin, "status": "running",
-                               "device_kind": jax.devices()[0].device_kind,
+    logger.print(f"[jbert] {start.origin}; {jax.device_count()} devices, mesh "
+                 f"{dict(mesh.shape)}, {local_rows} rows per process; logs in {workdir}")
+    summary: dict[str, Any] = {"start_step": start_step, "origin": start.origin,
+                               "status": "running", "device_kind": jax.devices()[0].device_kind,
                                "device_count": jax.device_count(),
                                "process_count": jax.process_count()}
     if data_facts is not None:
         summary["data"] = data_facts
     # The wall time adds up over the invocations that reached this step (resumed chunks).
-    earlier_s = _earlier_wall_time(workdir) if restored is not None else 0.0
-    pending = None  # (step, metrics on device, data position before the batch)
-    window = {"tokens": 0.0, "time": time.perf_counter(), "sums": {}}
-
-    def drain(pending) -> dict[str, float]:
-        """Fetches a step's metrics (one step late), logs them, stops on non-finite numbers."""
-        step, metrics, position = pending
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not values.pop("finite"):
-            event = {"event": "nonfinite", "step": step, "data_position": position,
-                     "action": cfg.on_nonfinite, **values}
-            logger.write(step, event)
-            if jax.process_index() == 0:
-                with (workdir / "events.jsonl").open("a") as f:
-                    f.write(json.dumps(event, default=float) + "\n")
-            if cfg.on_nonfinite == "stop":
-                raise NonFiniteError(f"non-finite loss or gradient at step {step} (data "
-                                     f"position {position}); last good checkpoint: "
-                                     f"{checkpointer.latest_step()}")
-        for k, v in values.items():
-            window["sums"][k] = window["sums"].get(k, 0.0) + v
-        window["tokens"] += values.get("tokens", 0.0)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - window["time"]
-            record = summarize(window["sums"])
-            record.update(grad_norm=values["grad_norm"],
-                          learning_rate=float(learning_rate(step - 1)),
-                          tokens_per_s=window["tokens"] / max(elapsed, 1e-9),
-                          steps_remaining=cfg.steps - step)
-            record["eta_s"] = (cfg.steps - step) * elapsed / cfg.log_every
-            if peak and task.flops_per_token:
-                record["mfu"] = (record["tokens_per_s"] * task.flops_per_token
-                                 / (peak * jax.device_count()))
-            logger.write(step, record)
-            summary["last"] = record
-            window.update(tokens=0.0, time=time.perf_counter(), sums={})
-        logger.advance(step)
-        return values
-
-
-    with Preemption() as preemption:
-        try:
-            if meta.get("eval_pending"):  # skipped when a signal stopped the run at that step
-                record = run_eval(state["params"])
-                if record:
-                    logger.write(start_step, record)
-            for step in range(start_step + 1, cfg.steps + 1):
-                position = data.get_state()
-                state, metrics = step_fn(state, global_batch(next(data), batch_sh))
-                if pending is not None:
-                    drain(pending)
-                pending = (step, metrics, position)
-                preempted = preemption.stop_at(step)  # every process, every step
-                stopping = preempted or step == stop_at
-                checkpoint_due = step % cfg.checkpoint.every_steps == 0 or step == cfg.steps
-                eval_due = step % cfg.eval_every == 0 and step != cfg.steps
-                if checkpoint_due or stopping:
-                    drain(pending)  # never checkpoint a state whose step was non-finite
-                    pending = None
-                    # A signal skips the eval (the stop stays prompt): the resumed run does it.
-                    save(step, state, all_positions(data.get_state()),
-                         {"step": step, "head": task.head, **meta_extra,
-                          **summary.get("last", {}), "eval_pending": eval_due and preempted},
-                         force=True)
-                if eval_due and not preempted:
-                    record = run_eval(state["params"])
-                    if record:
-                        logger.write(step, record)
-                if stopping:
-                    if preempted:
-                        summary["status"] = "preempted"
-                        checkpointer.wait()  # until the checkpoint is committed
-                        logger.print(f"[jbert] preempted ({preemption.signal}): saved step "
-                                     f"{step}; run the same command again to resume")
-                    else:
-                        summary["status"] = "stopped"
-                        logger.print(f"[jbert] stopped: saved step {step}, exiting")
-                    break
-            else:
-                if pending is not None:
-                    drain(pending)
-                summary["final_eval"] = run_eval(state["params"])
-                logger.write(cfg.steps, summary["final_eval"])
-                summary["status"] = "done"
-        except NonFiniteError as e:
-            summary["status"] = "nonfinite"
-            summary["error"] = str(e)
-            logger.print(f"[jbert] stopped: {e}")
-            raise
-        finally:
-            checkpointer.close()
-            logger.close()
-            if lock is not None:
-                lock.release()
-            summary["end_step"] = int(jax.device_get(state["step"]))
-            summary["wall_time_s"] = earlier_s + time.perf_counter() - started
-            if jax.process_index() == 0:
-                (workdir / "summary.json").write_text(json.dumps(summary, indent=1,
-                                                                 default=float))
+    earlier_s = _earlier_wall_time(workdir) if start.resumed else 0.0
+    window = MetricsWindow(cfg, task, logger, checkpointer.latest_step, start_step)
+    try:
+        state, summary["status"] = run_steps(cfg, start, data, bound, evaluate, checkpointer,
+                                             window, stop_at)
+        if summary["status"] == "done":
+            summary["final_eval"] = evaluate(state["params"])
+            logger.write(cfg.steps, summary["final_eval"])
+    except NonFiniteError as e:
+        summary.update(status="nonfinite", error=str(e))
+        logger.print(f"[jbert] stopped: {e}")
+        raise
+    finally:
+        checkpointer.close()
+        logger.close()
+        if lock is not None:
+            lock.release()
+        if window.last:
+            summary["last"] = window.last
+        summary["end_step"] = window.step
+        summary["wall_time_s"] = earlier_s + time.perf_counter() - started
+        if jax.process_index() == 0:
+            (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     summary["state"] = state
     return summary
