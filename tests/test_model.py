@@ -1,4 +1,6 @@
+import contextlib
 import dataclasses
+import io
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 from jbert.model import functional
-from jbert.model.config import JinaBertConfig, preset
+from jbert.model.config import REMAT_POLICIES, JinaBertConfig, preset
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-code"])
@@ -104,7 +106,7 @@ def test_bf16_compute_keeps_fp32_params(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
+@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
 def test_remat_policies_give_the_same_gradients(model, policy):
     config, params = model
     ids = _ids(2, 16)
@@ -135,6 +137,24 @@ def test_param_tree_has_hf_layout_names_with_the_layers_stacked():
     assert axes["encoder"]["layer"]["mlp"]["down_layer"]["kernel"] == ("layers", "mlp", "embed")
     assert all(a[0] == "layers" for a in jax.tree.leaves(
         axes["encoder"]["layer"], is_leaf=lambda x: isinstance(x, tuple)))
+
+
+@pytest.mark.parametrize("policy,kept", [
+    ("full", 1), ("save_qkv", 4), ("save_mlp_in", 2), ("save_qkv_context", 5),
+    ("save_qkv_context_mlp_in", 6)])
+def test_remat_by_name_keeps_the_named_activations(policy, kept):
+    """What the backward pass keeps per layer, as [layers, B, L, D] residuals: the layer's input
+    (the scan carry) and the activations the policy names (q, k, v, the attention context, the
+    MLP input), nothing more: a name on the wrong tensor, or none, changes the count."""
+    config = preset("tiny", num_hidden_layers=2, remat=policy, attention_impl="reference")
+    params = functional.init_params(config, jax.random.key(0), "base")
+    ids = _ids(2, 16)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(
+            lambda p: jnp.sum(functional.forward(config, p, ids) ** 2), params)
+    shape = f"f32[2,2,16,{config.hidden_size}]"
+    assert out.getvalue().count(shape) == kept, out.getvalue()
 
 
 def test_remat_is_a_named_policy_and_reads_the_old_bool():

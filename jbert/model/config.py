@@ -19,7 +19,8 @@ ATTENTION_IMPLS = ("auto", "reference", "blockwise", "dpa", "pallas")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_tanh", "relu", "silu", "swish", "tanh")
 DTYPES = ("float32", "bfloat16", "float16")
 # Names of the layer rematerialisation policies (`jbert.model.encoder.REMAT_POLICIES`).
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "save_qkv", "save_qkv_context", "save_mlp_in", "save_qkv_context_mlp_in")
 # What the boolean `remat` of earlier configs (run directories, recipes) meant.
 _REMAT_BOOLS = {False: "none", True: "full", "false": "none", "true": "full"}
 

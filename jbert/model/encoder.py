@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jbert.model.config import JinaBertConfig
 from jbert.ops.alibi import alibi_slopes
@@ -38,14 +39,25 @@ HIDDEN = ("batch", "length", "act_embed")
 HEADS = ("batch", "length", "heads", "head_dim")
 MLP = ("batch", "length", "mlp")
 GLU_ACTIVATIONS = {"glu": jax.nn.sigmoid, "geglu": ACTIVATIONS["gelu"], "reglu": jax.nn.relu}
+# Activations a layer names (`checkpoint_name`) for the policies below to keep: the attention's
+# q, k and v (after the QK norms), its context (the heads' output, before the output dense) and
+# the MLP's input (the attention block's normalised output).
+QUERY, KEY, VALUE, CONTEXT, MLP_IN = "query", "key", "value", "context", "mlp_in"
+_names = jax.checkpoint_policies.save_only_these_names
 # `JinaBertConfig.remat` -> what the backward pass keeps of a layer (`jax.checkpoint` policy):
-# `none` keeps everything (no checkpoint), `full` nothing (the layer is recomputed), the others
-# keep the matmul results and recompute the rest.
+# `none` keeps everything (no checkpoint), `full` nothing (the layer is recomputed), the dots
+# policies keep the matmul results and recompute the rest, the `save_*` ones keep only the named
+# activations (as MaxText's `save_qkv_proj`, `save_out_proj`) and recompute everything else.
+# Measured at base-code 512 and 8192: docs/architecture.md.
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv": _names(QUERY, KEY, VALUE),
+    "save_qkv_context": _names(QUERY, KEY, VALUE, CONTEXT),
+    "save_mlp_in": _names(MLP_IN),
+    "save_qkv_context_mlp_in": _names(QUERY, KEY, VALUE, CONTEXT, MLP_IN),
 }
 
 
@@ -108,6 +120,8 @@ class SelfAttention(nnx.Module):
         q_BLD, k_BLD, v_BLD = self.query(x_BLD), self.key(x_BLD), self.value(x_BLD)
         if config.qk_norm:
             q_BLD, k_BLD = self.layer_norm_q(q_BLD), self.layer_norm_k(k_BLD)
+        q_BLD, k_BLD, v_BLD = (checkpoint_name(q_BLD, QUERY), checkpoint_name(k_BLD, KEY),
+                               checkpoint_name(v_BLD, VALUE))
         b, length, _ = x_BLD.shape
         split = (b, length, config.num_attention_heads, config.head_dim)
         dropout = 0.0 if deterministic else config.attention_probs_dropout_prob
@@ -118,7 +132,7 @@ class SelfAttention(nnx.Module):
             jnp.asarray(alibi_slopes(config.num_attention_heads)), attention_mask_BL,
             segment_ids_BL, causal=causal, impl=config.attention_impl,
             block_size=config.attention_block_size, dropout_rate=dropout, dropout_rng=dropout_rng)
-        return constrain(ctx_BLHK, HEADS).reshape(b, length, -1)
+        return checkpoint_name(constrain(ctx_BLHK, HEADS).reshape(b, length, -1), CONTEXT)
 
 
 class AttentionOutput(nnx.Module):
@@ -218,8 +232,9 @@ class Layer(nnx.Module):
         kw = dict(deterministic=deterministic, rngs=rngs)
         a_BLD = self.attention(x_BLD, attention_mask_BL, segment_ids_BL, causal=causal, **kw)
         if self.config.qk_norm:
-            r_BLD = self.layer_norm_1(x_BLD + a_BLD)
+            r_BLD = checkpoint_name(self.layer_norm_1(x_BLD + a_BLD), MLP_IN)
             return self.layer_norm_2(r_BLD + self.mlp(r_BLD, **kw))
+        a_BLD = checkpoint_name(a_BLD, MLP_IN)
         if self.config.feed_forward_type == "original":
             return self.output(self.intermediate(a_BLD), a_BLD, **kw)
         return self.mlp(a_BLD, **kw)
