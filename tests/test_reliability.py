@@ -74,7 +74,7 @@ def _start(workdir: Path, steps: int) -> subprocess.Popen:
 
 def _origin(lines: list[str]) -> str:
     for line in lines:
-        m = re.match(r"\[jbert\] (.*?);", line)
+        m = re.match(r"\[jbert\] (.*?); \d+ devices", line)  # not the lock's takeover line
         if m:
             return m.group(1)
     raise AssertionError("no origin line:\n" + "".join(lines[-40:]))
@@ -98,7 +98,7 @@ def test_kill_9_at_random_points_resumes_from_the_last_complete_checkpoint(tmp_p
     workdir = tmp_path / "killed"
     kinds = rng.permutation(["step"] * 4 + ["save"] * 3 + ["eval"] * 3)
     resumed_from, during_write = 0, 0
-    for kind in kinds:
+    for i, kind in enumerate(kinds):
         if kind == "save":
             target = ("SAVE", 3 * (resumed_from // 3 + 1), rng.uniform(0, 0.02))
         elif kind == "eval":
@@ -119,6 +119,8 @@ def test_kill_9_at_random_points_resumes_from_the_last_complete_checkpoint(tmp_p
             lines[-40:])
         expected = f"resumed from step {resumed_from}" if resumed_from else "fresh initialisation"
         assert _origin(lines) == expected
+        # Every kill leaves the run's lock behind; each restart takes it over, saying so.
+        assert any("taking over" in line for line in lines) == (i > 0), lines[:5]
         during_write += bool(_partial_saves(workdir) - partial_before)
         # What orbax lists is what a restart takes: only renamed (committed) step dirs count.
         resumed_from = max(_committed_steps(workdir), default=0)
