@@ -90,6 +90,13 @@ class ContrastiveConfig:
     (segment ids keep them apart), so one compiled step serves all lengths. `eval_sets` adds
     named evaluation sets, `name=path` comma-separated: a BEIR-layout directory or a pairs
     file/directory (its test split).
+
+    `teacher` distils a teacher's in-batch scores into the student: a directory of
+    `python -m train.teacher_embeddings` holding the teacher's embedding of every training
+    text. The loss adds `distill_weight` times KL(p_teacher || p_student) over the candidates
+    InfoNCE ranks, p_teacher = softmax(teacher cosines / `distill_temperature`), p_student the
+    softmax of InfoNCE's logits (`jbert.tasks.contrastive.distill`); `distill_weight=0` logs
+    the KL without training on it.
     """
 
     temperature: float = 0.05
@@ -109,6 +116,13 @@ class ContrastiveConfig:
     matryoshka_weights: tuple[float, ...] = ()  # one per size; (): 1.0 each
     pack: bool = False
     eval_sets: str = ""  # "name=path,name=path": BEIR dirs or pairs, each logged as name/...
+    teacher: str = ""  # a teacher-embeddings dir (train.teacher_embeddings); "": no distillation
+    # The KL and InfoNCE are both nats per query over the same candidates: equal weight.
+    distill_weight: float = 1.0
+    # InfoNCE's default temperature: the teacher's cosines on the scale of the student's
+    # logits, so the target is about as sharp as what InfoNCE pulls the student toward; at 1.0,
+    # cosines in [-1, 1] would give a near-uniform target.
+    distill_temperature: float = 0.05
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -119,7 +133,8 @@ class ContrastiveConfig:
     def __post_init__(self) -> None:
         check_ranges("contrastive", self, {
             "temperature": "> 0", "hard_negatives": ">= 0", "chunk_size": ">= 0",
-            "max_query_length": ">= 3", "max_doc_length": ">= 3", "eval_max_pairs": ">= 1"})
+            "max_query_length": ">= 3", "max_doc_length": ">= 3", "eval_max_pairs": ">= 1",
+            "distill_weight": ">= 0", "distill_temperature": "> 0"})
         if any(d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"contrastive.matryoshka_dims={self.matryoshka_dims}: sizes must "
                              "be positive")
@@ -150,6 +165,27 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging beside TensorBoard (`pip install 'jbert[wandb]'`); process 0 only.
+
+    `project` "" keeps it off (wandb is then never imported). The run gets the whole config and
+    every scalar record at its step; `name` "" names it after the workdir. Its id is kept in
+    `<workdir>/wandb_run_id`, so a run resumed from its checkpoint goes on in the same W&B run.
+    `WANDB_MODE` in the environment, when set, wins over `mode`, as W&B users expect.
+    """
+
+    project: str = ""
+    entity: str = ""  # "": the account's default entity
+    name: str = ""  # "": the workdir's name
+    mode: str = "online"  # online | offline (synced later with `wandb sync`) | disabled
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"wandb.mode={self.mode!r}: must be online, offline or disabled")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; the workdir gets logs and checkpoints."""
 
@@ -161,6 +197,7 @@ class TrainConfig:
     contrastive: ContrastiveConfig = ContrastiveConfig()
     # rank > 0: train low-rank adapters on the `init_from` weights, which stay frozen
     lora: LoRAConfig = LoRAConfig()
+    wandb: WandbConfig = WandbConfig()  # off unless wandb.project is set
     workdir: str = "runs/pretrain"
     steps: int = 1000
     grad_accum: int = 1  # micro-batches per step (scan inside the jitted step)

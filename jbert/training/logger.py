@@ -1,4 +1,5 @@
-"""Training logs: JSONL (the record), TensorBoard (the curves), a progress bar (the terminal).
+"""Training logs: JSONL (the record), TensorBoard (the curves), a progress bar (the terminal),
+and Weights & Biases when `wandb.project` is set (`start_wandb`).
 
 Only process 0 writes. Metrics arrive as sums with denominators and are turned into means here;
 throughput and MFU (FLOP counts from `jbert.training.flops`) are computed from wall time
@@ -8,6 +9,7 @@ terminal (CI, nohup, a file) the bar is replaced by one plain line per logged re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from jbert.errors import ConfigError
+
+WANDB_RUN_ID = "wandb_run_id"  # in the workdir: the W&B run a resumed run goes on with
 
 
 def repair_torn_line(path: Path) -> None:
@@ -45,17 +51,61 @@ def repair_torn_line(path: Path) -> None:
         f.write(b"\n")
 
 
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a logged record, without its step and time: what the curves show."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float))
+            and k not in ("step", "time") and math.isfinite(v)}
+
+
+def start_wandb(config: Any, workdir: Path, *, resume: bool) -> Any:
+    """The W&B run of `config.wandb` (a `TrainConfig`), or None when no project is set.
+
+    The whole config is the run's config; every metric is plotted against `step`, a key of its
+    own rather than W&B's `_step`, so a resumed run may log again the steps after its checkpoint
+    (W&B drops records whose `_step` goes back). With `resume`, the run whose id the workdir
+    keeps goes on; otherwise a new run starts and its id replaces the kept one. W&B's files go
+    to `$WANDB_DIR`, else into the workdir."""
+    settings = config.wandb
+    if not settings.project:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(f"wandb.project={settings.project!r} logs to Weights & Biases, whose "
+                          "package is not installed: pip install 'jbert[wandb]'") from None
+    id_file = workdir / WANDB_RUN_ID
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
+    try:
+        run = wandb.init(
+            project=settings.project, entity=settings.entity or None,
+            name=settings.name or workdir.resolve().name, tags=list(settings.tags),
+            mode=os.environ.get("WANDB_MODE") or settings.mode,
+            config=dataclasses.asdict(config), id=run_id, resume="allow" if run_id else None,
+            **({} if os.environ.get("WANDB_DIR") else {"dir": str(workdir)}))
+    except wandb.errors.UsageError as e:  # no API key, a bad entity: the user's to fix
+        raise ConfigError(f"wandb: {e} (--config.wandb.mode=offline logs without an "
+                          "account)") from None
+    id_file.write_text(run.id + "\n")
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
+
+
 class MetricsLogger:
     def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int,
-                 progress: bool = True, prefix: str = ""):
+                 progress: bool = True, prefix: str = "", config: Any = None):
+        """`config`, the run's `TrainConfig`, is needed for W&B only (its `wandb` section);
+        a `start_step` past 0 is a resumed run, which goes on in the workdir's W&B run."""
         self.is_main = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = self._bar = None
+        self._tb = self._bar = self._wandb = None
         if not self.is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             repair_torn_line(self.path)
+        if config is not None:  # first: a W&B error leaves nothing open
+            self._wandb = start_wandb(config, Path(workdir), resume=start_step > 0)
         self._file = self.path.open("a")
         try:
             from tensorboardX import SummaryWriter
@@ -78,10 +128,10 @@ class MetricsLogger:
         self._file.write(json.dumps(record, default=float) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time") and \
-                        math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars(record).items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log({"step": step, **scalars(record)})
         if self._bar is not None:
             shown = {k: f"{v:.4g}" for k, v in record.items()
                      if k in ("loss", "accuracy", "eval_loss", "tokens_per_s", "mfu")}
@@ -111,4 +161,6 @@ class MetricsLogger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         self._file.close()

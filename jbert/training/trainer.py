@@ -481,7 +481,7 @@ def train(cfg: TrainConfig, task: Task, *, stop_at: int | None = None,
         evaluate = make_evaluate(task, mesh, plain_sh, bound.plain)
         start_step = int(start.state["step"])
         logger = MetricsLogger(workdir, total_steps=cfg.steps, start_step=start_step,
-                               progress=cfg.progress, prefix=task.head)
+                               progress=cfg.progress, prefix=task.head, config=cfg)
     except BaseException:
         if checkpointer is not None:
             checkpointer.close()
