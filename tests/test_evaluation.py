@@ -213,3 +213,42 @@ def test_train_evaluate_applies_the_exports_prompts_and_reports_dims(tiny_model,
         main([*args, "--dims", "64"])
     assert capsys.readouterr().err == ("error: --dims 64: sizes must be at most the model's "
                                        "hidden_size 32\n")
+
+
+def test_baselines_are_systems_beside_the_others_with_their_per_query_values():
+    """Other models' scores (`baselines`) are reported under their names after the built-in
+    systems, per set and macro; `per_query` keeps the values the means are taken of."""
+    from jbert.evaluation.retrieval import (
+        SetEvaluator,
+        evaluate_set,
+        macro_average,
+        query_metrics,
+        set_metrics,
+    )
+
+    sets = pairs_to_sets(_pairs("Python") + _pairs("Go", 9))
+    rng = np.random.default_rng(0)
+    scores = {rs.name: {s: rng.normal(size=(len(rs.queries), len(rs.docs)))
+                        for s in ("dense", "bm25", "minilm")} for rs in sets}
+    per_query = {}
+    rs = sets[0]
+    s = scores[rs.name]
+    out = evaluate_set(rs, s["dense"], s["bm25"], baselines={"minilm": s["minilm"]},
+                       per_query=per_query)
+    assert list(out) == ["dense", "bm25", "rrf", "linear", "minilm"] == list(per_query)
+    assert out["minilm"] == set_metrics(s["minilm"], rs)
+    for system, values in per_query.items():
+        assert {m: float(np.mean(v)) for m, v in values.items()} == {
+            m: v for m, v in out[system].items() if m != "alpha_mean"}
+    for m, v in query_metrics(s["dense"], rs).items():
+        np.testing.assert_array_equal(per_query["dense"][m], v)
+    assert evaluate_set(rs, s["dense"], s["bm25"]) == {
+        k: v for k, v in out.items() if k != "minilm"}  # nothing else moves
+    with pytest.raises(ValueError, match="clash"):
+        evaluate_set(rs, s["dense"], baselines={"bm25": s["minilm"]})
+    result = SetEvaluator(None, None, sets).results(
+        None, baselines={"minilm": [scores[r.name]["minilm"] for r in sets]}, per_query=True)
+    assert list(result["macro"]) == ["bm25", "minilm"]
+    assert result["per_query"].keys() == {r.name for r in sets}
+    assert result["macro"] == macro_average(result["sets"])
+    assert "per_query" not in SetEvaluator(None, None, sets).results(None)

@@ -14,7 +14,7 @@ macro-averaged, each weighing the same. Shapes: Q queries, N documents, D embedd
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,10 +105,18 @@ def per_query_metrics(top_QK: np.ndarray, rs: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def query_metrics(scores_QN: np.ndarray, rs: Any) -> dict[str, np.ndarray]:
+    """`IR_METRICS` of each query ([Q] arrays) of a [Q, N] score matrix."""
+    return per_query_metrics(rank_documents(scores_QN, rs.doc_ids), rs)
+
+
+def _means(per_query: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {m: float(np.mean(v)) if len(v) else 0.0 for m, v in per_query.items()}
+
+
 def set_metrics(scores_QN: np.ndarray, rs: Any) -> dict[str, float]:
     """Mean `IR_METRICS` over the set's queries of a [Q, N] score matrix."""
-    per_query = per_query_metrics(rank_documents(scores_QN, rs.doc_ids), rs)
-    return {m: float(np.mean(v)) if len(v) else 0.0 for m, v in per_query.items()}
+    return _means(query_metrics(scores_QN, rs))
 
 
 def rrf_scores(*scores_QN: np.ndarray, k: int = 60) -> np.ndarray:
@@ -134,6 +142,14 @@ def linear_fusion(dense_QN: np.ndarray, bm25_QN: np.ndarray, rs: Any, folds: int
     tuned by cross-validation over the queries: each fold is scored with the alpha that gives
     the best mean nDCG@10 on the other folds, so no query picks its own weight. Returns the
     metrics over all queries and the alpha of each fold."""
+    fused_QN, chosen = linear_fused_scores(dense_QN, bm25_QN, rs, folds, alphas, seed)
+    return set_metrics(fused_QN, rs), chosen
+
+
+def linear_fused_scores(dense_QN: np.ndarray, bm25_QN: np.ndarray, rs: Any, folds: int = 2,
+                        alphas: Sequence[float] = tuple(np.linspace(0.0, 1.0, 21)),
+                        seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """The [Q, N] scores of `linear_fusion` and the alpha of each fold."""
     z_dense, z_bm25 = _zscore(dense_QN), _zscore(bm25_QN)
     fold_Q = np.random.default_rng(seed).permutation(len(rs.query_ids)) % folds
     ndcg_AQ = np.stack([
@@ -148,29 +164,48 @@ def linear_fusion(dense_QN: np.ndarray, bm25_QN: np.ndarray, rs: Any, folds: int
         chosen.append(best)
         rows = fold_Q == f
         fused_QN[rows] = best * z_dense[rows] + (1 - best) * z_bm25[rows]
-    return set_metrics(fused_QN, rs), chosen
+    return fused_QN, chosen
 
 
 def evaluate_set(rs: Any, dense_QN: np.ndarray | None = None, bm25_QN: np.ndarray | None = None,
-                 linear: bool = True) -> dict[str, dict[str, float]]:
-    """{system: metrics} for the systems whose scores are given: `dense`, `bm25`, and with both
-    the hybrids `rrf` and (with `linear`) the cross-validated `linear` fusion."""
+                 linear: bool = True, baselines: Mapping[str, np.ndarray] | None = None,
+                 per_query: dict[str, dict[str, np.ndarray]] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """{system: metrics} for the systems whose scores are given: `dense`, `bm25`, with both
+    the hybrids `rrf` and (with `linear`) the cross-validated `linear` fusion, and each of
+    `baselines` ({name: [Q, N] scores} of other models) under its name. A `per_query` dict
+    receives {system: {metric: [Q] values}}, the values the means are taken of."""
+    clash = sorted(set(baselines or ()) & set(SYSTEMS))
+    if clash:
+        raise ValueError(f"baseline names {clash} clash with the systems {SYSTEMS}")
     out = {}
+
+    def add(system: str, scores_QN: np.ndarray, **extra: float) -> None:
+        values = query_metrics(scores_QN, rs)
+        if per_query is not None:
+            per_query[system] = values
+        out[system] = {**_means(values), **extra}
+
     if dense_QN is not None:
-        out["dense"] = set_metrics(dense_QN, rs)
+        add("dense", dense_QN)
     if bm25_QN is not None:
-        out["bm25"] = set_metrics(bm25_QN, rs)
+        add("bm25", bm25_QN)
     if dense_QN is not None and bm25_QN is not None:
-        out["rrf"] = set_metrics(rrf_scores(dense_QN, bm25_QN), rs)
+        add("rrf", rrf_scores(dense_QN, bm25_QN))
         if linear:
-            metrics, alphas = linear_fusion(dense_QN, bm25_QN, rs)
-            out["linear"] = {**metrics, "alpha_mean": float(np.mean(alphas))}
+            fused_QN, alphas = linear_fused_scores(dense_QN, bm25_QN, rs)
+            add("linear", fused_QN, alpha_mean=float(np.mean(alphas)))
+    for name, scores_QN in (baselines or {}).items():
+        add(name, scores_QN)
     return out
 
 
 def macro_average(per_set: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """{system: metric means over the sets} (every set weighs the same, whatever its size)."""
-    systems = [s for s in SYSTEMS if all(s in r for r in per_set.values())]
+    """{system: metric means over the sets} (every set weighs the same, whatever its size), for
+    the systems every set holds: `SYSTEMS` first, then the others (baselines) in their order."""
+    first = next(iter(per_set.values()), {})
+    names = [*SYSTEMS, *(s for s in first if s not in SYSTEMS)]
+    systems = [s for s in names if all(s in r for r in per_set.values())]
     return {s: {m: float(np.mean([r[s][m] for r in per_set.values()])) for m in IR_METRICS}
             for s in systems}
 
@@ -219,16 +254,19 @@ class SetEvaluator:
     def dense_scores(self, params: Any) -> list[np.ndarray]:
         return [q_QD @ d_ND.T for q_QD, d_ND in self.embeddings(params)]
 
-    def __call__(self, params: Any = None, linear: bool = True) -> dict:
+    def __call__(self, params: Any = None, linear: bool = True,
+                 baselines: Mapping[str, Sequence[np.ndarray]] | None = None,
+                 per_query: bool = False) -> dict:
         """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}},
         and with `dims` "dims": {d: {"sets", "macro"}} (dense and hybrids at size d), all from
-        one embedding pass."""
+        one embedding pass. `baselines` and `per_query`: see `results` (full size only)."""
         if params is None:
-            return self.results(None, linear)
+            return self.results(None, linear, baselines, per_query)
         from jbert.evaluation.embedder import truncate
 
         embeddings = self.embeddings(params)
-        out = self.results([q_QD @ d_ND.T for q_QD, d_ND in embeddings], linear)
+        out = self.results([q_QD @ d_ND.T for q_QD, d_ND in embeddings], linear, baselines,
+                           per_query)
         if self.dims:
             out["dims"] = {}
             for d in self.dims:
@@ -241,15 +279,27 @@ class SetEvaluator:
                     "macro": {s: m for s, m in at_d["macro"].items() if s != "bm25"}}
         return out
 
-    def results(self, dense: Sequence[np.ndarray] | None, linear: bool = True) -> dict:
+    def results(self, dense: Sequence[np.ndarray] | None, linear: bool = True,
+                baselines: Mapping[str, Sequence[np.ndarray]] | None = None,
+                per_query: bool = False) -> dict:
         """What `__call__` returns for the full size, from dense scores already computed
-        (`dense_scores`; None: BM25 alone)."""
+        (`dense_scores`; None: BM25 alone). `baselines`: {name: [Q, N] scores per set} of other
+        models, reported as systems of that name. With `per_query`, "per_query": {set:
+        {system: {metric: [Q] values}}} as well (for `bootstrap.compare_systems`)."""
         dense = [None] * len(self.sets) if dense is None else dense
-        per_set = {rs.name: evaluate_set(rs, d, b, linear=linear)
-                   for rs, d, b in zip(self.sets, dense, self.bm25, strict=True)}
-        return {"sets": per_set, "macro": macro_average(per_set),
-                "sizes": {rs.name: {"queries": len(rs.queries), "docs": len(rs.docs)}
-                          for rs in self.sets}}
+        others = [{name: scores[i] for name, scores in (baselines or {}).items()}
+                  for i in range(len(self.sets))]
+        per_set, values = {}, {}
+        for rs, d, b, o in zip(self.sets, dense, self.bm25, others, strict=True):
+            values[rs.name] = {}
+            per_set[rs.name] = evaluate_set(rs, d, b, linear=linear, baselines=o,
+                                            per_query=values[rs.name])
+        out = {"sets": per_set, "macro": macro_average(per_set),
+               "sizes": {rs.name: {"queries": len(rs.queries), "docs": len(rs.docs)}
+                         for rs in self.sets}}
+        if per_query:
+            out["per_query"] = values
+        return out
 
 
 def named_evaluators(spec: str, config: Any, tokenizer: Any, *, max_queries: int | None = None,
@@ -294,17 +344,21 @@ def logged_metrics(result: dict, prefix: str = "", per_set: bool = True) -> dict
 
 def evaluate_retrieval(embedder: Any, sets: Sequence[Any], *, bm25: bool = True,
                        max_query_length: int = 64, max_doc_length: int = 256,
-                       linear: bool = True, dims: Sequence[int] | None = None) -> dict:
+                       linear: bool = True, dims: Sequence[int] | None = None,
+                       baselines: Mapping[str, Sequence[np.ndarray]] | None = None,
+                       per_query: bool = False) -> dict:
     """Dense (`embedder`: an `Embedder`, e.g. `Embedder.from_pretrained(path)`, whose "query"
     and "document" prompts are applied; None for BM25 alone), BM25 and hybrid figures on
     retrieval sets: `{"sets", "macro", "sizes"}` and `"dims"` as `SetEvaluator` gives them.
-    `dims` defaults to the embedder's `matryoshka_dims`."""
+    `dims` defaults to the embedder's `matryoshka_dims`; `baselines` and `per_query`: see
+    `SetEvaluator.results`."""
+    extra = {"baselines": baselines, "per_query": per_query}
     if embedder is None:
-        return SetEvaluator(None, None, sets, bm25=bm25)(None, linear=linear)
+        return SetEvaluator(None, None, sets, bm25=bm25)(None, linear=linear, **extra)
     evaluator = SetEvaluator(
         embedder.config, embedder.tokenizer, sets, max_query_length=max_query_length,
         max_doc_length=max_doc_length, bm25=bm25,
         query_prompt=embedder.prompts.get("query", ""),
         doc_prompt=embedder.prompts.get("document", ""),
         dims=embedder.matryoshka_dims if dims is None else dims)
-    return evaluator(embedder.params, linear=linear)
+    return evaluator(embedder.params, linear=linear, **extra)
