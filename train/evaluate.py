@@ -5,6 +5,9 @@ held-out docstring/code pairs (one set per language), as JSON.
   python -m train.evaluate --model runs/pretrain-small --pairs artifacts/data/pairs  # untuned
   python -m train.evaluate --model EXPORT --beir path/to/cosqa path/to/other_set
   python -m train.evaluate --pairs artifacts/data/pairs --write-beir artifacts/beir  # export
+  python -m train.evaluate --model EXPORT --pairs artifacts/data/pairs \
+      --baseline artifacts/baselines/all-MiniLM-L6-v2 \
+      --baseline artifacts/baselines/all-mpnet-base-v2
 
 `--model` is an HF export dir or a jbert run dir (its latest checkpoint's encoder); leave it out
 for BM25 alone. A BEIR-layout dir holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv (the
@@ -15,7 +18,14 @@ fusion) and `linear` (z-scored scores mixed with a weight chosen by 2-fold cross
 over the queries). A model trained with prompts gets them (an export's
 config_sentence_transformers.json, a run's contrastive.query_prompt / doc_prompt); `--dims`
 reports dense and hybrid figures at smaller Matryoshka sizes too (default: the sizes the model
-was trained with), from one embedding pass. See docs/evaluation.md.
+was trained with), from one embedding pass. `--baseline DIR` (repeatable; `python -m
+train.fetch_baselines` fetches all-MiniLM-L6-v2 and all-mpnet-base-v2) adds a
+sentence-transformers model as a system named after its folder, run with its documented
+settings (its own max_seq_length, normalised embeddings, cosine; `--max-*-length` apply to
+`--model` only). Every comparison of the model with another system (without `--model`: of each
+baseline with BM25) gets a paired bootstrap 95% interval over queries of the macro nDCG@10
+difference (`--resamples`). The JSON goes to stdout (and `--out`), a table to stderr. See
+docs/evaluation.md.
 """
 
 import argparse
@@ -40,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF export dir or jbert run dir (none: BM25 only)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                        help="a sentence-transformers folder scored beside the model "
+                             "(repeatable; named after the folder)")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", help="pairs dir/file/hub name; one set per language")
     data.add_argument("--beir", nargs="+", metavar="DIR", help="BEIR-layout dirs")
@@ -55,24 +68,34 @@ def main(argv: list[str] | None = None) -> dict:
                         help="skip BM25 and the hybrids")
     parser.add_argument("--write-beir", metavar="DIR",
                         help="also write the sets in BEIR layout under DIR/<set name>")
+    parser.add_argument("--resamples", type=positive_int, default=1000,
+                        help="paired bootstrap resamples of the queries (1000)")
+    parser.add_argument("--baseline-batch-size", type=positive_int, default=32,
+                        help="texts per forward pass of the baselines (32)")
+    parser.add_argument("--baseline-cache", metavar="DIR",
+                        help="keep the baselines' embeddings here (a run again reuses them)")
     parser.add_argument("--out", help="also write the JSON report to this file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out file and --write-beir sets")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.model is None and not args.bm25 and not args.write_beir:
-        parser.error("nothing to evaluate: give --model, or drop --no-bm25")
+    if args.model is None and not args.bm25 and not args.write_beir and not args.baseline:
+        parser.error("nothing to evaluate: give --model or --baseline, or drop --no-bm25")
 
     from jbert.data.atomic import refuse_existing, write_text
     from jbert.data.hub import locate
     from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
     from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
+    from jbert.evaluation.bootstrap import report_intervals
     from jbert.evaluation.embedder import Embedder
+    from jbert.evaluation.report import interval_lines, summary_table
     from jbert.evaluation.retrieval import evaluate_retrieval
+    from jbert.evaluation.sentence_models import baseline_scores, check_baselines
 
     with usage_errors():
         if args.out:
             refuse_existing(args.out, f"--out {args.out}", args.overwrite)
+        baselines = check_baselines(args.baseline)
         if args.pairs:
             what = f"--pairs {args.pairs}"
             pairs = load_pairs(locate(args.pairs, what, inside=f"{args.split}.jsonl"),
@@ -105,11 +128,24 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": args.model, "data": args.pairs or args.beir, "split": args.split}
     if embedder is not None:
         result["prompts"] = embedder.prompts
-    if embedder is not None or args.bm25:
+    scores = {}
+    if baselines:
+        result["baselines"] = {}
+        for name, path in baselines.items():
+            scores[name], result["baselines"][name] = baseline_scores(
+                path, sets, batch_size=args.baseline_batch_size,
+                cache=args.baseline_cache and Path(args.baseline_cache) / name)
+    if embedder is not None or args.bm25 or baselines:
         result.update(evaluate_retrieval(embedder, sets, bm25=args.bm25,
                                          max_query_length=args.max_query_length,
-                                         max_doc_length=args.max_doc_length, dims=args.dims))
+                                         max_doc_length=args.max_doc_length, dims=args.dims,
+                                         baselines=scores, per_query=True))
+        intervals = report_intervals(result.pop("per_query"), resamples=args.resamples)
+        if intervals:
+            result["intervals"] = intervals
     print(json.dumps(result, indent=1))
+    print("\n".join([summary_table(result), *interval_lines(result.get("intervals"))]),
+          file=sys.stderr)
     if args.out:
         write_text(args.out, json.dumps(result, indent=1))
     return result
