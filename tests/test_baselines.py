@@ -169,7 +169,8 @@ def test_fetch_baselines_refuses_an_existing_folder_in_one_line(tmp_path, capsys
                    "give --overwrite to replace it\n")
 
 
-def test_importing_jbert_never_imports_torch_and_a_missing_extra_is_named(monkeypatch):
+def test_importing_jbert_never_imports_torch_and_a_missing_extra_is_named(
+        tiny_st, tmp_path, monkeypatch, capsys):
     code = ("import sys, jbert, jbert.evaluation.sentence_models, jbert.evaluation.baselines, "
             "jbert.evaluation.teacher_embeddings, jbert.data.teacher, train.evaluate; "
             "print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))")
@@ -181,6 +182,14 @@ def test_importing_jbert_never_imports_torch_and_a_missing_extra_is_named(monkey
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[baselines\]'"):
         require_sentence_transformers()
+    from train.evaluate import main
+
+    monkeypatch.delenv("JBERT_DEBUG", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--baseline", str(tiny_st), "--pairs", str(_pairs_file(tmp_path / "p.jsonl"))])
+    assert capsys.readouterr().err == (
+        "error: --baseline: sentence-transformers models need sentence-transformers and "
+        "torch, an optional extra: pip install -e '.[baselines]'\n")
 
 
 def _pairs_file(path: Path) -> Path:

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, path in baselines.items():
             scores[name], result["baselines"][name] = baseline_scores(
                 path, sets, batch_size=args.baseline_batch_size,
-                cache=args.baseline_cache and Path(args.baseline_cache) / name)
+                cache=Path(args.baseline_cache) / name if args.baseline_cache else None)
     if embedder is not None or args.bm25 or baselines:
         result.update(evaluate_retrieval(embedder, sets, bm25=args.bm25,
                                          max_query_length=args.max_query_length,
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         if intervals:
             result["intervals"] = intervals
     print(json.dumps(result, indent=1))
-    print("\n".join([summary_table(result), *interval_lines(result.get("intervals"))]),
-          file=sys.stderr)
+    if "macro" in result:
+        print("\n".join([summary_table(result), *interval_lines(result.get("intervals"))]),
+              file=sys.stderr)
     if args.out:
         write_text(args.out, json.dumps(result, indent=1))
     return result

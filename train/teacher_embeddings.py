@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     from jbert.data.pair_batches import load_pairs
     from jbert.data.teacher import CONFIG_FILE, WEIGHTS_FILE
     from jbert.errors import InputError
-    from jbert.evaluation.sentence_models import check_model_dir, load_model
+    from jbert.evaluation.sentence_models import check_installed, check_model_dir, load_model
     from jbert.evaluation.teacher_embeddings import write_teacher
 
     with usage_errors():
         refuse_existing(a.out, f"--out {a.out}", a.overwrite, entries=(CONFIG_FILE, WEIGHTS_FILE))
         check_model_dir(a.teacher, f"--teacher {a.teacher}")
+        check_installed("--teacher")
         what = f"--pairs {a.pairs}"
         pairs = load_pairs(locate(a.pairs, what, inside=f"{a.split}.jsonl"), a.split)
         if not pairs:

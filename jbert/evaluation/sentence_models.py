@@ -40,6 +40,15 @@ def require_sentence_transformers() -> Any:
     return sentence_transformers
 
 
+def check_installed(flag: str) -> None:
+    """An InputError naming `flag` and the extra to install when sentence-transformers is
+    missing, so an entry point says so in one line before any work."""
+    try:
+        require_sentence_transformers()
+    except ImportError as e:
+        raise InputError(f"{flag}: {e}") from None
+
+
 def check_model_dir(path: str | os.PathLike, what: str | None = None) -> Path:
     """`path` if it is a sentence-transformers folder (modules.json, config.json), else an
     InputError naming `what` (default: the path)."""
@@ -67,6 +76,8 @@ def check_baselines(dirs: Sequence[str]) -> dict[str, Path]:
             taken = "given twice" if name in out else f"one of the systems {SYSTEMS}"
             raise InputError(f"--baseline {d}: the name {name!r} is {taken}; rename the folder")
         out[name] = root
+    if out:
+        check_installed("--baseline")
     return out
 
 
