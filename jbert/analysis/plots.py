@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from jbert.errors import InputError
 from jbert.evaluation.retrieval import IR_METRICS
 
 # Training-curve panels: (title, y label, [(key, line style)]); a panel is drawn when any key is
@@ -31,12 +32,22 @@ CURVE_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's `metrics.jsonl` (a run dir or the file itself)."""
+    """The records of a run's `metrics.jsonl` (a run dir or the file itself). A last line cut
+    short (a run writing it, or killed mid-write) is left out; a bad line before it is an
+    `InputError` naming the file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    lines = path.read_bytes().splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                records.append(json.loads(line))
+        except ValueError:  # also UnicodeDecodeError
+            if n < len(lines):
+                raise InputError(f"{path}:{n}: not a JSON record") from None
+    return records
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +57,30 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps), np.asarray(values, np.float64)
 
 
-def _run_label(path: str | Path) -> str:
+def run_label(path: str | Path) -> str:
+    """A run's name: its directory's (given the directory or its metrics.jsonl)."""
     path = Path(path)
     return (path.parent if path.name == "metrics.jsonl" else path).name
+
+
+def _panels(n: int) -> tuple[Figure, list]:
+    """A figure of `n` panels, two to a row (an unused last cell hidden), and their axes."""
+    cols = min(2, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(6.0 * cols, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _plot_series(ax, records: Sequence[dict], key: str, style: str, colour: str,
+                 label: str) -> None:
+    """`key` of the records against their step; sparse series (evals) get markers."""
+    steps, values = _series(records, key)
+    if len(steps):
+        ax.plot(steps, values, style, color=colour, label=label,
+                marker="o" if len(steps) < 12 else None, markersize=3)
 
 
 def training_curves(metrics_jsonl_paths: Sequence[str | Path] | Mapping[str, str | Path],
@@ -56,33 +88,40 @@ def training_curves(metrics_jsonl_paths: Sequence[str | Path] | Mapping[str, str
     """One panel per logged quantity (loss, accuracy, retrieval, similarity, throughput, LR),
     every run in its own colour; pass a {label: path} mapping to name the runs."""
     if not isinstance(metrics_jsonl_paths, Mapping):
-        metrics_jsonl_paths = {_run_label(p): p for p in metrics_jsonl_paths}
+        metrics_jsonl_paths = {run_label(p): p for p in metrics_jsonl_paths}
     runs = {label: load_metrics(p) for label, p in metrics_jsonl_paths.items()}
     chosen = [p for p in CURVE_PANELS if (panels is None or p[0] in panels)
               and any(len(_series(r, k)[0]) for r in runs.values() for k, _ in p[2])]
     if not chosen:
         raise ValueError(f"no known metric in {list(metrics_jsonl_paths.values())}")
-    cols = min(2, len(chosen))
-    rows = math.ceil(len(chosen) / cols)
-    fig = Figure(figsize=(6.0 * cols, 3.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panels(len(chosen))
     colours = {label: f"C{i}" for i, label in enumerate(runs)}
-    for ax, (title, ylabel, keys) in zip(axes, chosen, strict=False):
+    for ax, (title, ylabel, keys) in zip(axes, chosen, strict=True):
         for label, records in runs.items():
             for key, style in keys:
-                steps, values = _series(records, key)
-                if len(steps):
-                    name = key if len(runs) == 1 else f"{label}: {key}"
-                    ax.plot(steps, values, style, color=colours[label], label=name,
-                            marker="o" if len(steps) < 12 else None, markersize=3)
+                _plot_series(ax, records, key, style, colours[label],
+                             key if len(runs) == 1 else f"{label}: {key}")
         ax.set(title=title, xlabel="training step", ylabel=ylabel)
         if title == "Throughput" or title == "Learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[len(chosen):]:
-        ax.set_visible(False)
     fig.suptitle("Training curves: " + ", ".join(runs))
+    return fig
+
+
+def metric_curves(runs: Mapping[str, Sequence[dict]], metrics: Sequence[str],
+                  title: str | None = None) -> Figure:
+    """One panel per metric (a key of the records), one line per run ({name: records}), each
+    run in the same colour in every panel: several runs compared (`jbert.analysis.compare`)."""
+    fig, axes = _panels(len(metrics))
+    for ax, key in zip(axes, metrics, strict=True):
+        for i, (name, records) in enumerate(runs.items()):
+            _plot_series(ax, records, key, "-", f"C{i}", name)
+        ax.set(title=key, xlabel="training step", ylabel=key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title or "Runs compared: " + ", ".join(runs))
     return fig
 
 
