@@ -11,6 +11,8 @@ The loss scores every query against every positive and every hard negative of th
 inside `jax.shard_map` each device all-gathers the candidates (`lax.all_gather(tiled=True)`),
 computes its queries' rows of the similarity matrix and the loss sum is `psum`med. The backward
 of the gather is a reduce-scatter, so each device receives the gradient of its own documents.
+With a teacher's embeddings in the batch, the same candidates' teacher scores are gathered
+beside them and the KL term of `distill` is added.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from jbert.model import functional
 from jbert.model.config import JinaBertConfig
 from jbert.model.heads import l2_normalize
 from jbert.ops.sharding import BATCH_AXES
+from jbert.tasks.contrastive.distill import Teacher, batch_teacher, kl_sum, teacher_logits
 from jbert.training.config import ContrastiveConfig
 from jbert.training.step import Batch, LossFn
 
@@ -86,19 +89,27 @@ def _query_to_doc(logits_bC: jax.Array, pos_bC: jax.Array, query_valid_b: jax.Ar
                              0.0))
 
 
-def _doc_to_query(doc_cD: jax.Array, doc_ids_c: jax.Array, q_BD: jax.Array,
-                  query_ids_B: jax.Array, tau: jax.Array) -> jax.Array:
-    """The loss sum of this device's positives (code -> query), each against all queries."""
+def _reverse_logits(doc_cD: jax.Array, q_BD: jax.Array, query_valid_B: jax.Array,
+                    tau: jax.Array) -> jax.Array:
+    """Code -> query logits [c, B] of this device's document slots; an empty query's is -inf."""
     rev_cB = jnp.einsum("cd,bd->cb", doc_cD, q_BD, preferred_element_type=jnp.float32) / tau
-    rev_cB = jnp.where(query_ids_B[None, :] >= 0, rev_cB, -jnp.inf)
+    return jnp.where(query_valid_B[None, :], rev_cB, -jnp.inf)
+
+
+def _doc_to_query(rev_cB: jax.Array, doc_ids_c: jax.Array, query_ids_B: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(the loss sum of this device's positives (code -> query), each against all queries;
+    which slots are positives [c])."""
     rev_pos_cB = (doc_ids_c[:, None] == query_ids_B[None, :]) & (doc_ids_c >= 0)[:, None]
     rev_pos_c = jnp.sum(jnp.where(rev_pos_cB, rev_cB, 0.0), axis=1)
     positive_c = jnp.any(rev_pos_cB, axis=1)  # not a hard negative, not empty
-    return jnp.sum(jnp.where(positive_c, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0))
+    return (jnp.sum(jnp.where(positive_c, jax.nn.logsumexp(rev_cB, axis=1) - rev_pos_c, 0.0)),
+            positive_c)
 
 
-def _info_nce_shard(queries: Slots, candidates: dict[str, Slots], tau: jax.Array, *,
-                    axes: Any, symmetric: bool, sizes: tuple[tuple[int, float], ...]
+def _info_nce_shard(queries: Slots, candidates: dict[str, Slots], tau: jax.Array,
+                    teacher: Teacher | None, *, axes: Any, symmetric: bool,
+                    sizes: tuple[tuple[int, float], ...], distill: tuple[float, float]
                     ) -> dict[str, jax.Array]:
     """Loss sums for this device's query slots against all candidate slots of the global batch.
     With `axes=None` the shard is the whole batch (the single-device reference)."""
@@ -114,20 +125,42 @@ def _info_nce_shard(queries: Slots, candidates: dict[str, Slots], tau: jax.Array
     if symmetric:
         doc_cD, doc_ids_c = candidates["doc"]
         q_BD, query_ids_B = gather(q_bD), gather(query_ids_b)
+    distill_weight, distill_temperature = distill
+    if teacher is not None:  # the teacher's scores of the same candidates, gathered alike
+        t_q_bT, t_cands = teacher
+        t_logits_bC = teacher_logits(t_q_bT, jnp.concatenate(
+            [gather(t_cands[k]) for k in candidates]), cand_valid_C, distill_temperature)
+        if symmetric:
+            t_rev_cB = teacher_logits(t_cands["doc"], gather(t_q_bT), query_ids_B >= 0,
+                                      distill_temperature)
 
-    def loss_at(size: int) -> jax.Array:
+    def loss_at(size: int) -> tuple[jax.Array, jax.Array | None]:
+        """(InfoNCE, KL to the teacher or None) at the leading `size` dimensions."""
         _, logits_bC = _logits(_matryoshka(q_bD, size), _matryoshka(cand_CD, size), tau,
                                cand_valid_C)
         loss = _query_to_doc(logits_bC, pos_bC, query_valid_b)
+        kl = None if teacher is None else kl_sum(t_logits_bC, logits_bC, query_valid_b)
         if symmetric:
-            loss = 0.5 * (loss + _doc_to_query(_matryoshka(doc_cD, size), doc_ids_c,
-                                               _matryoshka(q_BD, size), query_ids_B, tau))
-        return loss
+            rev_cB = _reverse_logits(_matryoshka(doc_cD, size), _matryoshka(q_BD, size),
+                                     query_ids_B >= 0, tau)
+            back, positive_c = _doc_to_query(rev_cB, doc_ids_c, query_ids_B)
+            loss = 0.5 * (loss + back)
+            if teacher is not None:
+                kl = 0.5 * (kl + kl_sum(t_rev_cB, rev_cB, positive_c))
+        return loss, kl
 
     full = q_bD.shape[-1]
     sums = {"loss_sum": jnp.zeros((), jnp.float32)}
+    if teacher is not None:
+        sums |= {"info_nce_loss_sum": jnp.zeros((), jnp.float32),
+                 "distill_loss_sum": jnp.zeros((), jnp.float32)}
     for size, weight in sizes:
-        loss = loss_at(size)
+        loss, kl = loss_at(size)
+        if kl is not None:
+            sums["info_nce_loss_sum"] += weight * loss
+            sums["distill_loss_sum"] += weight * kl
+            if distill_weight:  # weight 0: the KL is logged, not trained on
+                loss = loss + distill_weight * kl
         sums["loss_sum"] += weight * loss
         if len(sizes) > 1 or size != full:
             sums[f"loss_dim{size}_sum"] = loss
@@ -152,20 +185,27 @@ def _info_nce_shard(queries: Slots, candidates: dict[str, Slots], tau: jax.Array
 
 def info_nce(queries: Slots, candidates: dict[str, Slots], tau: jax.Array, *,
              symmetric: bool = False, mesh: Mesh | None = None,
-             sizes: tuple[tuple[int, float], ...] = ()) -> dict[str, jax.Array]:
+             sizes: tuple[tuple[int, float], ...] = (), teacher: Teacher | None = None,
+             distill_weight: float = 1.0, distill_temperature: float = 0.05
+             ) -> dict[str, jax.Array]:
     """InfoNCE sums over the global batch: `loss_sum` (mean over queries = loss_sum / count),
     the in-batch accuracy and similarity statistics, summed over the Matryoshka `sizes`
     (default the full width). Each query slot scores against every candidate slot
     (`{"doc": slots, "neg": slots}`); with `symmetric`, each `doc` slot also against every
-    query (code -> query). With `mesh`, written per device in shard_map."""
+    query (code -> query). With `teacher` (its embeddings of the same slots,
+    `distill.Teacher`), `loss_sum` adds `distill_weight` times the KL to the teacher's scores
+    (`distill_loss_sum`; InfoNCE alone is `info_nce_loss_sum`). With `mesh`, written per device
+    in shard_map."""
     sizes = sizes or ((queries[0].shape[-1], 1.0),)
-    body = functools.partial(_info_nce_shard, symmetric=symmetric, sizes=sizes)
+    body = functools.partial(_info_nce_shard, symmetric=symmetric, sizes=sizes,
+                             distill=(distill_weight, distill_temperature))
     if mesh is None:
-        sums = body(queries, candidates, tau, axes=None)
+        sums = body(queries, candidates, tau, teacher, axes=None)
     else:
         rows = P(BATCH_AXES)  # a prefix: every array of the slots has its rows split
         sums = jax.shard_map(functools.partial(body, axes=BATCH_AXES), mesh=mesh,
-                             in_specs=(rows, rows, P()), out_specs=P())(queries, candidates, tau)
+                             in_specs=(rows, rows, P(), rows), out_specs=P())(
+            queries, candidates, tau, teacher)
     return {**sums, "temperature_sum": tau.astype(jnp.float32),
             "calls": jnp.ones((), jnp.float32)}
 
@@ -184,10 +224,11 @@ def paired_slots(q_BD: jax.Array, d_BD: jax.Array, n_MD: jax.Array | None = None
 def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Logged means: loss (and each Matryoshka size's, `loss_dim128`), in-batch accuracy,
     similarity of positives and of negatives (mean and the hardest per query), the
-    temperature."""
+    temperature; with a teacher, the KL to it and InfoNCE alone (`distill_loss`,
+    `info_nce_loss`)."""
     count = max(sums.get("count", 1.0), 1.0)
     per_size = {k.removesuffix("_sum"): v / count for k, v in sums.items()
-                if k.startswith("loss_dim")}
+                if k.startswith(("loss_dim", "distill_loss", "info_nce_loss"))}
     return per_size | {
         "loss": sums["loss_sum"] / count,
         "accuracy": sums["correct"] / count,
@@ -235,8 +276,10 @@ def batch_tokens(batch: Batch) -> jax.Array:
 
 def batch_loss_sums(emb: dict[str, jax.Array], batch: Batch, tau: jax.Array,
                     cfg: ContrastiveConfig, mesh: Mesh | None) -> dict[str, jax.Array]:
-    """InfoNCE of a batch's embeddings per group. Packed rows ([R, S, D] under `text`) are
-    slots: the query slots score against the document and negative slots, matched by pair id."""
+    """InfoNCE of a batch's embeddings per group, and the KL to the teacher's scores when the
+    batch carries a teacher's embeddings (`distill.batch_teacher`). Packed rows ([R, S, D]
+    under `text`) are slots: the query slots score against the document and negative slots,
+    matched by pair id."""
     width = next(iter(emb.values())).shape[-1]
     if "text" in emb:
         slots_XD = emb["text"].reshape(-1, width)
@@ -246,7 +289,9 @@ def batch_loss_sums(emb: dict[str, jax.Array], batch: Batch, tau: jax.Array,
     else:
         queries, candidates = paired_slots(emb["query"], emb["doc"], emb.get("neg"))
     return info_nce(queries, candidates, tau, symmetric=cfg.symmetric, mesh=mesh,
-                    sizes=loss_sizes(cfg, width))
+                    sizes=loss_sizes(cfg, width), teacher=batch_teacher(batch),
+                    distill_weight=cfg.distill_weight,
+                    distill_temperature=cfg.distill_temperature)
 
 
 def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
