@@ -3,7 +3,8 @@
 A `PairFormat` says how a pair's texts become tokens (prompts, length limits, hard negatives
 per pair); `TokenizedPairs` turns the batches of `pair_batches` into fixed-shape arrays, and
 `plan_pack_rows` sizes the packed layout for the data. The roles of packed slots (`EMPTY`,
-`QUERY`, `DOC`, `NEG`) are what the loss reads to match queries with their documents.
+`QUERY`, `DOC`, `NEG`) are what the loss reads to match queries with their documents. With a
+teacher (`jbert.data.teacher`), each text's teacher embedding rides beside its row or slot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jbert.data.packing import best_fit, pack_fixed, texts_per_row
+from jbert.data.teacher import TeacherEmbeddings
 from jbert.data.tokenizer import encode_with_specials, special_ids, tokenize_texts
 from jbert.errors import ConfigError, InputError
 
@@ -50,6 +52,18 @@ def _side_texts(raw: dict, fmt: PairFormat) -> dict[str, tuple[list[str], int]]:
         texts["neg"] = ([fmt.doc_prompt + t for negs in raw["negatives"]
                          for t in negs[:fmt.hard_negatives]], fmt.max_doc_length)
     return texts
+
+
+def _teacher_rows(raw: dict, teacher: TeacherEmbeddings, fmt: PairFormat
+                  ) -> dict[str, np.ndarray]:
+    """`{group}_teacher` [rows, T] float16 (as the teacher stored them) of a raw pair batch, row
+    for row as `_side_texts` lays the groups out; the texts are looked up without prompts."""
+    out = {"query_teacher": teacher.queries(raw["query"]),
+           "doc_teacher": teacher.docs(raw["positive"])}
+    if fmt.hard_negatives:
+        out["neg_teacher"] = teacher.docs([t for negs in raw["negatives"]
+                                           for t in negs[:fmt.hard_negatives]])
+    return {k: v.astype(np.float16) for k, v in out.items()}
 
 
 def _pair_texts(raw: dict, tokenizer: Any, fmt: PairFormat) -> list[list[tuple[int, list]]]:
@@ -89,13 +103,18 @@ class TokenizedPairs:
     holds `data.batch_size` pairs on average, and the waiting pairs are part of the data
     position (`get_state`), so resume stays exact. Pair ids are unique over the global batch:
     process p's start at p * R * S.
+
+    With `teacher`, each text's teacher embedding (float16, width T) comes along in the same
+    layout: `{group}_teacher` [B, T] padded (row i of a group's rows is row i here), packed
+    `text_teacher` [R, S, T] (slot for slot; empty slots zero), so every split of the rows
+    (processes, devices, micro-batches, GradCache chunks) keeps them aligned.
     """
 
     def __init__(self, batcher: Iterator[dict], tokenizer: Any, fmt: PairFormat, *,
                  pack_rows: int | None = None, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, teacher: TeacherEmbeddings | None = None):
         self.batcher, self.tokenizer, self.fmt = batcher, tokenizer, fmt
-        self.pack_rows = pack_rows
+        self.pack_rows, self.teacher = pack_rows, teacher
         self.process_index, self.process_count = process_index, process_count
         self.pad_id = special_ids(tokenizer).pad
         self.waiting: list[dict] = []  # pairs of earlier batches that did not fit (packed)
@@ -108,6 +127,8 @@ class TokenizedPairs:
                 arrays = tokenize_texts(self.tokenizer, batch_texts, length, pad_to=length)
                 out[f"{key}_ids"] = arrays["input_ids"]
                 out[f"{key}_mask"] = arrays["attention_mask"]
+            if self.teacher is not None:
+                out |= _teacher_rows(raw, self.teacher, self.fmt)
             return out
         return self._packed(raw)
 
@@ -150,10 +171,26 @@ class TokenizedPairs:
         role_RS = np.full((self.pack_rows, segments), EMPTY, np.int32)
         pair_RS.reshape(-1)[packed.text_slot] = [pair for _, _, pair in flat]
         role_RS.reshape(-1)[packed.text_slot] = [role for role, _, _ in flat]
-        return {"text_ids": packed.ids_RL,
-                "text_mask": (packed.segment_ids_RL > 0).astype(np.int32),
-                "text_segment_ids": packed.segment_ids_RL, "text_pair": pair_RS,
-                "text_role": role_RS}
+        out = {"text_ids": packed.ids_RL,
+               "text_mask": (packed.segment_ids_RL > 0).astype(np.int32),
+               "text_segment_ids": packed.segment_ids_RL, "text_pair": pair_RS,
+               "text_role": role_RS}
+        if self.teacher is not None:
+            out["text_teacher"] = self._slot_teacher(line[:k], packed.text_slot, segments)
+        return out
+
+    def _slot_teacher(self, pairs: list[dict], text_slot: np.ndarray, segments: int
+                      ) -> np.ndarray:
+        """[R, S, T]: the teacher embedding of each packed text at its slot, in `flat`'s order
+        (per pair its query, positive and negatives); empty slots zero."""
+        is_query = np.asarray([j == 0 for p in pairs for j in range(2 + len(p["negatives"]))])
+        teacher_XT = np.zeros((len(is_query), self.teacher.dim), np.float16)
+        teacher_XT[is_query] = self.teacher.queries([p["query"] for p in pairs])
+        teacher_XT[~is_query] = self.teacher.docs([t for p in pairs
+                                                   for t in (p["positive"], *p["negatives"])])
+        slots_RST = np.zeros((self.pack_rows, segments, self.teacher.dim), np.float16)
+        slots_RST.reshape(-1, self.teacher.dim)[text_slot] = teacher_XT
+        return slots_RST
 
     def get_state(self) -> dict:
         if self.pack_rows is None:

@@ -13,8 +13,9 @@ from jax.sharding import Mesh
 from jbert.data.hub import locate
 from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
 from jbert.data.pair_rows import PairFormat, TokenizedPairs, plan_pack_rows
+from jbert.data.teacher import TeacherEmbeddings, load_teacher
 from jbert.data.tokenizer import load_tokenizer
-from jbert.errors import ConfigError
+from jbert.errors import ConfigError, InputError
 from jbert.evaluation.beir import pairs_to_sets
 from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
 from jbert.tasks.contrastive.gradcache import cached_grad_fn
@@ -56,6 +57,26 @@ def load_sources(cfg: TrainConfig, root: Path) -> dict[str, list[dict]]:
             pairs = [p for p in pairs if len(p["negatives"]) >= cfg.contrastive.hard_negatives]
         sources[name] = pairs
     return sources
+
+
+def load_distill_teacher(c: ContrastiveConfig, sources: dict[str, list[dict]]
+                         ) -> TeacherEmbeddings | None:
+    """The teacher of `contrastive.teacher` (None without one), checked to hold every text the
+    batches will look up (each query, positive and hard negative of every source), so a
+    teacher written for other pairs stops the run before its first step."""
+    if not c.teacher:
+        return None
+    try:
+        teacher = load_teacher(c.teacher)
+        queries = {p["query"] for pairs in sources.values() for p in pairs}
+        docs = {t for pairs in sources.values() for p in pairs
+                for t in (p["positive"], *(p.get("negatives") or ())[:c.hard_negatives])}
+        for side, texts in ((teacher.queries, sorted(queries)), (teacher.docs, sorted(docs))):
+            for at in range(0, len(texts), 8192):  # a lookup each, not one array of them all
+                side(texts[at:at + 8192])
+    except InputError as e:
+        raise InputError(f"contrastive.teacher: {e}") from None
+    return teacher
 
 
 def gradcache_chunks(cfg: TrainConfig) -> int:
@@ -109,6 +130,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
                              seed=cfg.data.seed, reserved=[rs.name for rs in sets],
                              **eval_kwargs)
     sources = load_sources(cfg, root)
+    teacher = load_distill_teacher(c, sources)
 
     fmt = pair_format(c)
     chunks = gradcache_chunks(cfg)
@@ -128,7 +150,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         batcher = (batchers[0] if len(batchers) == 1
                    else MultiSourceBatcher(batchers, seed=cfg.data.seed))
         tokenized = TokenizedPairs(batcher, tokenizer, fmt, pack_rows=pack_rows,
-                                   process_index=process_index, process_count=process_count)
+                                   process_index=process_index, process_count=process_count,
+                                   teacher=teacher)
         if state is not None:
             tokenized.set_state(state)
         return tokenized
@@ -149,4 +172,7 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         facts.update(logged_metrics(alone, f"{name}/", len(ev.sets) > 1))
     if pack_rows is not None:
         facts["pack_rows"] = pack_rows  # per process, for `data.batch_size` pairs
+    if teacher is not None:
+        facts["teacher"] = {"dir": c.teacher, "model": teacher.meta.get("teacher"),
+                            "dim": teacher.dim}
     return task, facts
