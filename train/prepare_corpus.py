@@ -5,15 +5,19 @@
   scripts/fetch_sources.sh data/sources                                           # more languages
   python -m train.prepare_corpus --out artifacts/data --fetched data/sources      # docs/data.md
 
+--fetched DIR also copies DIR/manifest.json (each fetched package's version and archive
+SHA-256, written by scripts/fetch_sources.sh) into summary.json under "fetched".
+
 With no --source, the sources are the running Python's stdlib, site-packages and C headers.
 """
 
 import argparse
+import sys
 
 from jbert.data.atomic import refuse_existing
 from jbert.data.corpus import default_sources, fetched_sources, parse_source
 from jbert.data.hub import locate
-from jbert.data.prepare import BUILD, PrepareConfig, prepare_data
+from jbert.data.prepare import BUILD, PrepareConfig, fetched_manifest, prepare_data
 from jbert.data.tokenizer import load_tokenizer
 from jbert.errors import InputError
 from jbert.training.cli import ArgumentParser, usage_errors
@@ -50,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         if a.fetched and not sources:
             raise InputError(f"--fetched {a.fetched}: no deb/ or npm/ packages there (what "
                              "scripts/fetch_sources.sh unpacks)")
+        fetched = fetched_manifest(a.fetched) if a.fetched else None
+        if a.fetched and fetched is None:
+            print(f"warning: --fetched {a.fetched} has no manifest.json, so the build cannot "
+                  f"say which versions it read: scripts/fetch_sources.sh {a.fetched} "
+                  "--manifest-only writes it", file=sys.stderr)
         sources += [parse_source(s) for s in a.source]
         if a.tokenizer:  # checked before the corpus is built, not after
             load_tokenizer(locate(a.tokenizer, f"--tokenizer {a.tokenizer}", repo_type="model"))
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         measure=not a.no_measure,
     )
     with usage_errors(InputError):  # sources that keep no file
-        prepare_data(sources, a.out, cfg)
+        prepare_data(sources, a.out, cfg, fetched=fetched)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from jbert.data.mlm import StreamConfig, measure_throughput, mlm_iterator
 from jbert.data.pair_batches import PairBatcher, load_pairs, measure_pair_throughput
 from jbert.data.pairs import build_pairs
 from jbert.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from jbert.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +58,33 @@ def tokenizer_texts(corpus_dir: str | os.PathLike, max_bytes: int) -> Iterator[s
 BUILD = ("corpus", "tokenizer", "pairs", "summary.json")
 
 
-def prepare_data(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: PrepareConfig) -> dict:
+def fetched_manifest(root: str | os.PathLike) -> dict | None:
+    """What `scripts/fetch_sources.sh` recorded about the packages under `root`
+    (`manifest.json`: each one's version, its pin, its archive and the archive's SHA-256);
+    None for a folder fetched before the script wrote one."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise InputError(f"{path}: not JSON (scripts/fetch_sources.sh {root} --manifest-only "
+                         "writes it again)") from None
+
+
+def prepare_data(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: PrepareConfig,
+                 *, fetched: dict | None = None) -> dict:
     """Builds `out_dir/{corpus,tokenizer,pairs}` and writes `out_dir/summary.json`; returns it.
+    `fetched`, the manifest of the fetched sources (`fetched_manifest`), goes into the summary
+    as it is, so a build says which versions of them it read.
 
     Sources that keep no file are an `InputError` before anything is written (an `out_dir`
     made for the build is removed again)."""
     out = Path(out_dir)
     made = not out.exists()
     summary: dict = {"sources": [dataclasses.asdict(s) for s in sources]}
+    if fetched is not None:
+        summary["fetched"] = fetched
     t0 = time.perf_counter()
     filt = FileFilter(max_file_bytes=cfg.max_file_bytes)
     try:
