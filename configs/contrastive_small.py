@@ -25,6 +25,13 @@ Args:  `:hardneg` the hard-negative pass; `:matryoshka` / `:single-size` contras
        smaller sizes keep of the full size's nDCG@10, and the times: docs/results.md, "Matryoshka
        sizes and packed batches"); `:smoke` 10 steps (tests). `data=DIR` (e.g. `:hardneg,data=DIR`)
        reads the build in DIR instead of artifacts/data, and `:hardneg` its DIR/pairs-mined.
+       `:distill` is the first stage with a teacher's in-batch scores distilled into it
+       (InfoNCE + KL to the teacher, weight 1, teacher temperature 0.05), read from
+       `teacher=DIR` (default DATA/teacher), which this writes (the baselines extra; not yet
+       measured here):
+       python -m train.teacher_embeddings --teacher artifacts/baselines/all-mpnet-base-v2 \
+           --pairs artifacts/data/pairs --out artifacts/data/teacher
+       python -m train.contrastive --config configs/contrastive_small.py:distill
 """
 
 from typing import Literal
@@ -34,8 +41,9 @@ from configs._contrastive import contrastive_stage
 from jbert.training.config import TrainConfig, replace_paths
 
 
-def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke"] | None = None,
-               *, data: str = "artifacts/data") -> TrainConfig:
+def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke",
+                                 "distill"] | None = None,
+               *, data: str = "artifacts/data", teacher: str = "") -> TrainConfig:
     config = contrastive_stage(pretrain_small.get_config(data=data), {
         "workdir": "runs/contrastive-small", "steps": 1800, "log_every": 20, "eval_every": 300,
         "optim.learning_rate": 1e-3, "optim.warmup_steps": 100,
@@ -60,5 +68,7 @@ def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke"]
                        "contrastive.matryoshka_dims": (256, 128, 64, 32)},
         "single-size": {**measurement, "workdir": "runs/contrastive-small-single-size"},
         "smoke": {"steps": 10, "log_every": 5, "eval_every": 5},
+        "distill": {"workdir": "runs/contrastive-small-distill",
+                    "contrastive.teacher": teacher or f"{data}/teacher"},
     }
     return replace_paths(config, variants[variant]) if variant else config
