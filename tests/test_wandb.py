@@ -146,6 +146,29 @@ def test_online_without_an_account_is_one_config_error(tmp_path, monkeypatch):
     wandb.teardown()
 
 
+def test_a_failing_wandb_stops_wandb_logging_not_the_run(tmp_path, capsys):
+    class Gone:  # a W&B run whose service was killed (a job's SIGTERM reaches it too)
+        def __init__(self):
+            self.calls = []
+
+        def log(self, values):
+            self.calls.append(values)
+            raise ConnectionResetError("Connection lost")
+
+        def finish(self):
+            raise AssertionError("not called after a failure")
+
+    logger = MetricsLogger(tmp_path, total_steps=3, start_step=0, progress=False)
+    logger._wandb = run = Gone()
+    for step in (1, 2):
+        logger.write(step, {"loss": 1.0 / step})
+    logger.close()
+    assert run.calls == [{"step": 1, "loss": 1.0}]  # and no more calls after it failed
+    assert [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()] == [1.0, 0.5]
+    assert capsys.readouterr().out == ("[jbert] W&B logging stopped (ConnectionResetError: "
+                                       "Connection lost); metrics.jsonl and TensorBoard go on\n")
+
+
 def test_flags_set_the_wandb_section():
     config, _ = parse_cli(["--config", str(ROOT / "configs/pretrain_tiny.py"),
                            "--config.wandb.project=x", "--config.wandb.tags=a,b",

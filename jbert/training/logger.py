@@ -130,8 +130,7 @@ class MetricsLogger:
         if self._tb is not None:
             for key, value in scalars(record).items():
                 self._tb.add_scalar(key, value, step)
-        if self._wandb is not None:
-            self._wandb.log({"step": step, **scalars(record)})
+        self._to_wandb("log", {"step": step, **scalars(record)})
         if self._bar is not None:
             shown = {k: f"{v:.4g}" for k, v in record.items()
                      if k in ("loss", "accuracy", "eval_loss", "tokens_per_s", "mfu")}
@@ -141,6 +140,18 @@ class MetricsLogger:
                 "step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool))
             print(f"[{self._prefix}] step {step}/{self._total} {shown}", file=sys.stderr,
                   flush=True)
+
+    def _to_wandb(self, method: str, *args: Any) -> None:
+        """A call on the W&B run that must not stop training when it fails (its service gone: a
+        job's SIGTERM reaches it too): W&B logging ends with one line, the rest goes on."""
+        if self._wandb is None:
+            return
+        try:
+            getattr(self._wandb, method)(*args)
+        except Exception as e:  # any failure: W&B is a side channel
+            self._wandb = None
+            self.print(f"[jbert] W&B logging stopped ({type(e).__name__}: {e}); metrics.jsonl "
+                       "and TensorBoard go on")
 
     def advance(self, step: int) -> None:
         if self._bar is not None:
@@ -161,6 +172,5 @@ class MetricsLogger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        self._to_wandb("finish")
         self._file.close()
