@@ -1,5 +1,6 @@
 """MLM stream: masking statistics, packing boundaries, exact resume, disjoint process shards."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,9 @@ from jbert.data.mlm import (
     pack_documents,
 )
 from jbert.data.tokenizer import SpecialIds, special_ids, train_tokenizer
+from jbert.errors import InputError
+from jbert.tasks.mlm import ensure_data
+from jbert.training.config import DataConfig
 
 IDS = SpecialIds(cls=0, pad=1, sep=2, unk=3, mask=4, all=(0, 1, 2, 3, 4))
 WORDS = "alpha beta gamma delta return value index counter buffer parse token yield".split()
@@ -258,3 +262,23 @@ def test_a_stream_of_empty_documents_is_an_error_not_a_spin(tok):
         mlm_iterator(["a = 1", "b = 2"], tok, cfg, process_index=2, process_count=3)
     # A few empty documents among real ones are just skipped.
     assert next(mlm_iterator(["", *_docs(8), ""], tok, cfg))["input_ids"].shape == (4, 64)
+
+
+def test_a_data_dir_built_with_another_tokenizer_is_refused_and_kept(tmp_path):
+    """The demo's data dir, built by an earlier version with other prepare_* settings, is named
+    with the difference instead of feeding a model a tokenizer it was not configured for."""
+    root = tmp_path / "data"
+    for sub in ("corpus", "tokenizer"):
+        (root / sub).mkdir(parents=True)
+    summary = {"tokenizer": {"vocab_size": 4096, "split_identifiers": False}}
+    (root / "summary.json").write_text(json.dumps(summary))
+    same = DataConfig(dir=str(root), prepare_if_missing=True, prepare_vocab_size=4096)
+    assert ensure_data(same) == root
+    other = dataclasses.replace(same, prepare_vocab_size=8192, prepare_split_identifiers=True)
+    with pytest.raises(InputError) as err:
+        ensure_data(other)
+    assert "vocab_size=4096 (data.prepare_vocab_size=8192)" in str(err.value)
+    assert "split_identifiers=False (data.prepare_split_identifiers=True)" in str(err.value)
+    assert json.loads((root / "summary.json").read_text()) == summary  # nothing rebuilt
+    # A dir the config does not build (prepare_if_missing off) is the user's to choose.
+    assert ensure_data(dataclasses.replace(other, prepare_if_missing=False)) == root

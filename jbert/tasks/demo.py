@@ -26,6 +26,7 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
         contrastive_steps: int | None = None) -> dict:
     from jbert.data.pair_batches import load_pairs
     from jbert.evaluation.beir import pairs_to_sets
+    from jbert.evaluation.bootstrap import report_intervals
     from jbert.evaluation.embedder import Embedder
     from jbert.evaluation.retrieval import evaluate_retrieval
     from jbert.ops.sharding import make_mesh
@@ -66,7 +67,12 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
                    max_doc_length=tune.contrastive.max_doc_length)
     untuned = evaluate_retrieval(Embedder.from_pretrained(mlm.workdir), sets, bm25=False,
                                  **lengths)["macro"]
-    tuned = evaluate_retrieval(Embedder.from_pretrained(export_dir), sets, **lengths)["macro"]
+    report = evaluate_retrieval(Embedder.from_pretrained(export_dir), sets, per_query=True,
+                                **lengths)
+    tuned = report["macro"]
+    # The tuned model against each other system: macro nDCG@10 difference and its paired
+    # bootstrap 95% interval over the held-out queries.
+    intervals = report_intervals(report["per_query"])["comparisons"]
     headline = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
     result = {
         "data_dir": mlm.data.dir, "pretrain_dir": mlm.workdir, "contrastive_dir": tune.workdir,
@@ -79,8 +85,22 @@ def run(workdir: str | Path = "runs/demo", *, mlm_steps: int | None = None,
         "bm25": {k: tuned["bm25"][k] for k in headline},
         "hybrid_rrf": {k: tuned["rrf"][k] for k in headline},
         "hybrid_linear": {k: tuned["linear"][k] for k in headline},
+        "tuned_minus": {name.removeprefix("dense - "): interval
+                        for name, interval in intervals.items()},
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     (workdir / "demo.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+    print(headline_line(result), flush=True)
     return result
+
+
+def headline_line(result: dict) -> str:
+    """The demo's result in one line: the tuned model against BM25 with the interval."""
+    d = result["tuned_minus"]["bm25"]
+    where = ("above BM25 by" if d["low"] > 0 else "below BM25 by" if d["high"] < 0 else
+             "within noise of BM25:")
+    return (f"[demo] tuned model nDCG@10 {result['tuned']['ndcg@10']:.3f}, BM25 "
+            f"{result['bm25']['ndcg@10']:.3f}: {where} {d['difference']:+.3f} "
+            f"(paired bootstrap 95% interval over the held-out queries "
+            f"[{d['low']:+.3f}, {d['high']:+.3f}]) in {result['minutes']} minutes")

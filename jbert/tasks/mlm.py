@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -17,12 +18,17 @@ from jbert.data.mlm import MaskConfig, StreamConfig, mlm_iterator
 from jbert.data.pairs import heldout_repos
 from jbert.data.prepare import PrepareConfig, prepare_data
 from jbert.data.tokenizer import load_tokenizer
+from jbert.errors import InputError
 from jbert.model import functional, losses
 from jbert.model.config import JinaBertConfig
 from jbert.training.config import DataConfig, TrainConfig
 from jbert.training.flops import encoder_flops_per_token
 from jbert.training.step import Batch, LossFn
 from jbert.training.trainer import Task
+
+# Tokenizer training text of a build from the Python installation: the merges settle well
+# before this, and the whole installation would take minutes.
+TOKENIZER_MAX_BYTES = 16 << 20
 
 
 def labelled_positions(labels_BL: jax.Array, max_predictions: int) -> jax.Array:
@@ -73,6 +79,8 @@ def ensure_data(cfg: DataConfig) -> Path:
     """The prepared data directory; built from the running Python's sources when allowed."""
     root = Path(cfg.dir)
     if (root / "corpus").is_dir() and (root / "tokenizer").is_dir():
+        if cfg.prepare_if_missing:
+            check_built_as_asked(root, cfg)
         return root
     if not cfg.prepare_if_missing:
         raise FileNotFoundError(
@@ -81,8 +89,30 @@ def ensure_data(cfg: DataConfig) -> Path:
             "--config.data.prepare_if_missing=true")
     prepare_data(default_sources(), root, PrepareConfig(
         max_bytes=cfg.prepare_max_bytes, vocab_size=cfg.prepare_vocab_size,
-        tokenizer_max_bytes=cfg.prepare_max_bytes, seed=cfg.seed, measure=False))
+        tokenizer_max_bytes=min(cfg.prepare_max_bytes or TOKENIZER_MAX_BYTES,
+                                TOKENIZER_MAX_BYTES),
+        split_identifiers=cfg.prepare_split_identifiers, seed=cfg.seed, measure=False))
     return root
+
+
+def check_built_as_asked(root: Path, cfg: DataConfig) -> None:
+    """Refuses a data dir whose tokenizer is not the one the `prepare_*` settings would build
+    (an earlier build of the same dir under other settings), so a model never trains on a
+    tokenizer it was not configured for; the dir is left as it is."""
+    summary_file = root / "summary.json"
+    if not summary_file.is_file():
+        return  # built by hand or by an older version: nothing recorded to compare
+    built = json.loads(summary_file.read_text()).get("tokenizer", {})
+    built = {"vocab_size": built.get("vocab_size"),
+             "split_identifiers": built.get("split_identifiers", False)}
+    asked = {"vocab_size": cfg.prepare_vocab_size,
+             "split_identifiers": cfg.prepare_split_identifiers}
+    if built != asked:
+        what = ", ".join(f"{key}={built[key]} (data.prepare_{key}={asked[key]})"
+                         for key in asked if built[key] != asked[key])
+        raise InputError(
+            f"data.dir={cfg.dir} was built with another tokenizer: {what}; remove that dir to "
+            "build it anew, or set --config.data.dir to another one")
 
 
 def unigram_loss(train_texts, eval_batches, tokenizer, max_texts: int = 2000) -> float:
