@@ -1,1 +1,2 @@
-"""Embedding and retrieval evaluation: the Embedder, BEIR sets, IR metrics, BM25, mteb."""
+"""Embedding and retrieval evaluation: the Embedder, BEIR sets, IR metrics, BM25, bootstrap
+intervals, mteb, and sentence-transformers models as baselines and teachers."""
