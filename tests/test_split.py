@@ -41,7 +41,11 @@ def test_every_language_reaches_its_targets_from_distinct_repos():
     # language stays short and the report says why.
     assert "big" not in {p["repo"] for p in test}
     assert "Java" in report["short"] and "max_test_share" in report["short"]["Java"]
-    assert len(train) + len(test) + sum(report["leaks_dropped"].values()) == len(pairs)
+    # ... and is not evaluated: its few held-out pairs are dropped, not trained on.
+    assert "Java" not in {p["language"] for p in test}
+    assert report["short_dropped"]["Java"] > 0
+    assert len(train) + len(test) + sum(report["leaks_dropped"].values()) + sum(
+        report["short_dropped"].values()) == len(pairs)
 
 
 def test_choice_is_deterministic_and_depends_on_the_seed():

@@ -183,6 +183,11 @@ def split_pairs(pairs: Sequence[dict], test_repos: Iterable[str], cfg: SplitConf
             break
         for lang, n in missing.items():
             targets[lang] = targets.get(lang, cfg.min_test_pairs) + n + n // 4
+    # A short language is not evaluated: a set of a few queries from one or two repos would
+    # weigh as much as a full one in the macro average. Its held-out pairs are dropped, not
+    # trained on (their repos are held out for the other languages they hold).
+    short_dropped = Counter(p["language"] for p in test if p["language"] in short)
+    test = [p for p in test if p["language"] not in short]
     report = {
         "config": dataclasses.asdict(cfg),
         "pairs": {"train": dict(Counter(p["language"] for p in train)),
@@ -193,5 +198,6 @@ def split_pairs(pairs: Sequence[dict], test_repos: Iterable[str], cfg: SplitConf
         "leaks_dropped": dict(dropped),
         "added_test_repos": sorted(chosen - base),
         "short": short,
+        "short_dropped": dict(short_dropped),
     }
     return train, test, report
