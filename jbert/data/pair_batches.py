@@ -64,6 +64,13 @@ def _texts(pair: dict) -> set[str]:
     }
 
 
+def check_pair_count(source: str, pairs: Sequence[dict], batch_size: int) -> None:
+    """A source needs at least one global batch of pairs (the batcher leaves out what cannot
+    fill a last batch; the packed-row planner samples batches)."""
+    if len(pairs) < batch_size:
+        raise InputError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
+
+
 def duplicate_free_batches(
     pairs: Sequence[dict], batch_size: int, rng: np.random.Generator
 ) -> list[list[int]]:
@@ -108,8 +115,7 @@ class PairBatcher:
             raise ValueError(f"batch_size {batch_size}: must be >= 1")
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
-        if len(pairs) < batch_size:
-            raise InputError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
+        check_pair_count(source, pairs, batch_size)
         self.pairs, self.batch_size, self.source, self.seed = pairs, batch_size, source, seed
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process

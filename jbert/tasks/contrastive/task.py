@@ -11,7 +11,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jbert.data.hub import locate
-from jbert.data.pair_batches import MultiSourceBatcher, PairBatcher, load_pairs
+from jbert.data.pair_batches import (
+    MultiSourceBatcher,
+    PairBatcher,
+    check_pair_count,
+    load_pairs,
+)
 from jbert.data.pair_rows import PairFormat, TokenizedPairs, plan_pack_rows
 from jbert.data.teacher import TeacherEmbeddings, load_teacher
 from jbert.data.tokenizer import load_tokenizer
@@ -135,6 +140,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
     fmt = pair_format(c)
     chunks = gradcache_chunks(cfg)
     pack_rows = None
+    for name, pairs in sources.items():  # before planning packed rows, which sample batches
+        check_pair_count(name, pairs, cfg.data.batch_size)
     if c.pack:
         processes = jax.process_count()
         batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
