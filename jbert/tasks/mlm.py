@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def ensure_data(cfg: DataConfig) -> Path:
         max_bytes=cfg.prepare_max_bytes, vocab_size=cfg.prepare_vocab_size,
         tokenizer_max_bytes=min(cfg.prepare_max_bytes or TOKENIZER_MAX_BYTES,
                                 TOKENIZER_MAX_BYTES),
-        split_identifiers=cfg.prepare_split_identifiers, seed=cfg.seed, measure=False))
+        split_identifiers=cfg.prepare_split_identifiers, seed=cfg.seed, measure=False,
+        pair_workers=os.cpu_count() or 1))
     return root
 
 
