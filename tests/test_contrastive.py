@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers.contrastive import (
     B,
+    assert_gradcache_equals_plain,
     assert_trees_close,
     loss_and_grads,
     make_data_dir,
@@ -100,14 +101,7 @@ def test_loss_and_grads_on_2x4_mesh_equal_single_device(variant):
 def test_gradcache_equals_plain_gradient(mesh_shape):
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=NEG,
                             learn_temperature=True, chunk_size=8)
-    params = functional.init_params(one_layer_config(), jax.random.key(0), "contrastive")
-    batch = random_batch(NEG, seed=3)
-    loss_ref, grads_ref = loss_and_grads(cfg, params, batch, None)
-    mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
-    loss, grads = loss_and_grads(cfg, params, batch, mesh,
-                                 grad_fn=cached_grad_fn(one_layer_config(), cfg, mesh))
-    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
-    assert_trees_close(grads, grads_ref, atol=1e-5)
+    assert_gradcache_equals_plain(cfg, random_batch(NEG, seed=3), mesh_shape)
 
 
 @pytest.mark.slow
