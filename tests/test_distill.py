@@ -132,6 +132,7 @@ def test_distill_gradients_on_2x4_mesh_equal_single_device():
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # two short training runs: about 10 s on 2 cores
 def test_distill_weight_zero_is_identical_to_no_teacher():
     """Weight 0 logs the KL but trains on InfoNCE alone, bit for bit; weight 1 adds it."""
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2,
@@ -250,7 +251,8 @@ def _packed_and_padded(tokenizer, cfg, pairs, teacher, processes):
     return packed, next(TokenizedPairs(iter([taken]), tokenizer, fmt, teacher=teacher))
 
 
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow  # the quick suite keeps the padded-equals-packed test without a teacher
+@pytest.mark.parametrize("processes", [1, 2])
 def test_packed_batch_with_a_teacher_gives_the_padded_loss_and_gradients(
         tokenizer, teacher_dir, processes):
     root, pairs, _ = teacher_dir

@@ -320,6 +320,7 @@ def test_who_holds_a_lock(tmp_path, holder, age, live):
     assert not lock.exists() and workdir.exists()
 
 
+@pytest.mark.slow  # two entry-point runs: about 13 s on 2 cores
 def test_the_entry_point_refuses_a_busy_workdir_in_one_line(tmp_path, capsys, monkeypatch):
 
     from train.contrastive import main
