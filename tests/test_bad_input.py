@@ -302,8 +302,8 @@ def test_contrastive_with_a_missing_data_dir_names_the_key(tmp_path, capsys, hub
 
 
 def test_a_data_position_of_the_other_layout_names_contrastive_pack():
-    from jbert.errors import ConfigError
     from jbert.data.pair_rows import TokenizedPairs
+    from jbert.errors import ConfigError
 
     padded = TokenizedPairs.__new__(TokenizedPairs)
     padded.pack_rows = None

@@ -279,6 +279,9 @@ def test_a_data_dir_built_with_another_tokenizer_is_refused_and_kept(tmp_path):
         ensure_data(other)
     assert "vocab_size=4096 (data.prepare_vocab_size=8192)" in str(err.value)
     assert "split_identifiers=False (data.prepare_split_identifiers=True)" in str(err.value)
+    assert "lowercase" not in str(err.value)  # a summary without the key: built case-sensitive
+    with pytest.raises(InputError, match=r"lowercase=False \(data.prepare_lowercase=True\)"):
+        ensure_data(dataclasses.replace(same, prepare_lowercase=True))
     assert json.loads((root / "summary.json").read_text()) == summary  # nothing rebuilt
     # A dir the config does not build (prepare_if_missing off) is the user's to choose.
     assert ensure_data(dataclasses.replace(other, prepare_if_missing=False)) == root

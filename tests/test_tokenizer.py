@@ -123,3 +123,29 @@ def test_split_identifiers_shares_tokens_between_docstrings_and_code(tmp_path):
     assert len(set(enc.word_ids)) == len(enc.tokens) == 6  # read _ file ( path )
     save_tokenizer(split, tmp_path / "tok")
     assert load_tokenizer(tmp_path / "tok").encode(doc).ids == split.encode(doc).ids
+
+
+def test_lowercase_folds_case_and_keeps_camel_case_words_apart(tmp_path):
+    texts = ["def getDictForThread(self):\n    return self.dicts\n",
+             "Returns the dict for the current thread.", "class HTTPServer: pass",
+             "def utf8Decode(raw): return raw.decode()"] * 40
+    lower = train_tokenizer(texts, vocab_size=384, split_identifiers=True, lowercase=True)
+    cased = train_tokenizer(texts, vocab_size=384, split_identifiers=True)
+
+    def pieces(t, text):
+        return t.encode(text, add_special_tokens=False).tokens
+
+    assert pieces(lower, "getDictForThread") == ["get", "dict", "for", "thread"]
+    assert pieces(lower, "HTTPServer") == ["http", "server"]
+    assert pieces(lower, "utf8Decode") == ["utf", "8", "decode"]
+    assert pieces(cased, "HTTPServer") == ["HTTP", "Server"]  # the same cuts, case kept
+    # the code's `Thread` (of getDictForThread) and the docstring's `thread`: one token if folded
+    assert pieces(lower, "Thread") == pieces(lower, "thread") == ["thread"]
+    assert pieces(cased, "Thread") == ["Thread"] and pieces(cased, "thread") == ["thread"]
+    # specials are not folded, offsets point into the original text
+    enc = lower.encode("getDict")
+    assert enc.tokens[0] == "<s>" and enc.tokens[-1] == "</s>"
+    assert [("getDict"[a:b]) for a, b in enc.offsets[1:-1]] == ["get", "Dict"]
+    save_tokenizer(lower, tmp_path / "tok")
+    assert load_tokenizer(tmp_path / "tok").encode("HTTPServer").ids == lower.encode(
+        "HTTPServer").ids

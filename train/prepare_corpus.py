@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer", help="use this tokenizer (file, directory or hub name)")
     p.add_argument("--split-identifiers", action="store_true",
                    help="tokenizer without whitespace, identifiers cut into words (retrieval)")
+    p.add_argument("--lowercase", action="store_true",
+                   help="tokenizer that folds case, camel-case words kept apart (retrieval)")
     p.add_argument("--no-pairs", action="store_true")
     p.add_argument("--pair-workers", type=int, default=1)
     p.add_argument("--no-measure", action="store_true", help="skip the throughput measurements")
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer_max_bytes=a.tokenizer_max_bytes,
         tokenizer=a.tokenizer,
         split_identifiers=a.split_identifiers,
+        lowercase=a.lowercase,
         pairs=not a.no_pairs,
         pair_workers=a.pair_workers,
         measure=not a.no_measure,

@@ -34,6 +34,7 @@ class PrepareConfig:
     tokenizer_max_bytes: int = 64 << 20  # training text, spread evenly over languages
     tokenizer: str | None = None  # an existing tokenizer (file/dir/hub name) instead of training
     split_identifiers: bool = False  # jbert.data.tokenizer.identifier_pre_tokenizer
+    lowercase: bool = False  # jbert.data.tokenizer.lowercase_normalizer
     pairs: bool = True
     pair_workers: int = 1
     measure: bool = True
@@ -105,13 +106,14 @@ def prepare_data(sources: Sequence[Source], out_dir: str | os.PathLike, cfg: Pre
     else:
         tok = train_tokenizer(
             tokenizer_texts(out / "corpus", cfg.tokenizer_max_bytes), cfg.vocab_size,
-            split_identifiers=cfg.split_identifiers,
+            split_identifiers=cfg.split_identifiers, lowercase=cfg.lowercase,
         )
     save_tokenizer(tok, out / "tokenizer")
     summary["tokenizer"] = {
         "vocab_size": tok.get_vocab_size(),
         "trained": not cfg.tokenizer,
         "split_identifiers": cfg.split_identifiers,
+        "lowercase": cfg.lowercase,
         "seconds": time.perf_counter() - t0,
     }
     _log("tokenizer", summary["tokenizer"])

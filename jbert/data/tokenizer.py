@@ -15,7 +15,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from jbert.data.hub import locate
 
@@ -73,6 +82,21 @@ def identifier_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     ])
 
 
+# Where a camelCase or ALLCAPS word starts inside an identifier (getDict, HTTPServer, utf8Decode).
+CAMEL_BOUNDARY = r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])"
+
+
+def lowercase_normalizer() -> normalizers.Normalizer:
+    """A space at every camel-case boundary, then everything lower-cased: `getDictFor` -> `get dict
+    for`, `HTTPServer` -> `http server`, `Renders` -> `renders`. With `identifier_pre_tokenizer`
+    the pieces stay the ones the case gave, but a docstring's `Returns` and the `returns` of code
+    become one token (BM25 folds case too). Offsets still point at the original text."""
+    return normalizers.Sequence([
+        normalizers.Replace(Regex(CAMEL_BOUNDARY), " "),
+        normalizers.Lowercase(),
+    ])
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 61056,
@@ -80,6 +104,7 @@ def train_tokenizer(
     special_tokens: Sequence[str] = SPECIAL_TOKENS,
     max_token_length: int | None = 32,
     split_identifiers: bool = False,
+    lowercase: bool = False,
 ) -> Tokenizer:
     """Trains a byte-level BPE on `texts`; the vocabulary is padded to a multiple of 64.
 
@@ -87,10 +112,13 @@ def train_tokenizer(
     embedding table always has a multiple-of-64 row count. `split_identifiers` pre-tokenises
     with `identifier_pre_tokenizer` (for retrieval: docstring words and identifier parts share
     tokens; decoding then loses the whitespace); the default keeps every byte (GPT-2 split).
+    `lowercase` folds case first (`lowercase_normalizer`; decoding then loses the case too).
     """
     if vocab_size % VOCAB_MULTIPLE:
         raise ValueError(f"vocab_size {vocab_size} is not a multiple of {VOCAB_MULTIPLE}")
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    if lowercase:
+        tok.normalizer = lowercase_normalizer()
     tok.pre_tokenizer = (identifier_pre_tokenizer() if split_identifiers
                          else pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
     tok.decoder = decoders.ByteLevel()

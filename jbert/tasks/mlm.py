@@ -92,7 +92,8 @@ def ensure_data(cfg: DataConfig) -> Path:
         max_bytes=cfg.prepare_max_bytes, vocab_size=cfg.prepare_vocab_size,
         tokenizer_max_bytes=min(cfg.prepare_max_bytes or TOKENIZER_MAX_BYTES,
                                 TOKENIZER_MAX_BYTES),
-        split_identifiers=cfg.prepare_split_identifiers, seed=cfg.seed, measure=False,
+        split_identifiers=cfg.prepare_split_identifiers, lowercase=cfg.prepare_lowercase,
+        seed=cfg.seed, measure=False,
         pair_workers=os.cpu_count() or 1))
     return root
 
@@ -106,9 +107,11 @@ def check_built_as_asked(root: Path, cfg: DataConfig) -> None:
         return  # built by hand or by an older version: nothing recorded to compare
     built = json.loads(summary_file.read_text()).get("tokenizer", {})
     built = {"vocab_size": built.get("vocab_size"),
-             "split_identifiers": built.get("split_identifiers", False)}
+             "split_identifiers": built.get("split_identifiers", False),
+             "lowercase": built.get("lowercase", False)}
     asked = {"vocab_size": cfg.prepare_vocab_size,
-             "split_identifiers": cfg.prepare_split_identifiers}
+             "split_identifiers": cfg.prepare_split_identifiers,
+             "lowercase": cfg.prepare_lowercase}
     if built != asked:
         what = ", ".join(f"{key}={built[key]} (data.prepare_{key}={asked[key]})"
                          for key in asked if built[key] != asked[key])

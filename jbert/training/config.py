@@ -53,7 +53,8 @@ class DataConfig:
     `prepare_if_missing`, a missing `dir` is built from the running Python's own sources (the
     embedded default), capped at `prepare_max_bytes` (None: the whole installation), with a
     `prepare_vocab_size` tokenizer that cuts identifiers into words when
-    `prepare_split_identifiers` (what retrieval wants: docs/results.md). A `dir` built with
+    `prepare_split_identifiers` (what retrieval wants: docs/results.md) and folds case when
+    `prepare_lowercase` (jbert.data.tokenizer.lowercase_normalizer). A `dir` built with
     another tokenizer than these settings ask for is refused, naming the difference.
     """
 
@@ -62,6 +63,7 @@ class DataConfig:
     prepare_max_bytes: int | None = 8 << 20
     prepare_vocab_size: int = 4096
     prepare_split_identifiers: bool = False
+    prepare_lowercase: bool = False
     seq_len: int = 512
     batch_size: int = 256  # global rows per step, over all processes and devices
     docs_per_chunk: int = 256
