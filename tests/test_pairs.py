@@ -244,6 +244,33 @@ def test_batches_have_no_duplicate_texts():
         assert len(texts) == len(set(texts))
 
 
+def test_repo_batches_hold_neighbouring_code_and_every_pair_once():
+    # 6 repos of 3 files of 20 pairs, plus pairs without a repo (their own group)
+    pairs = [{"query": f"q{r}{f}{i}", "positive": f"p{r}{f}{i}", "repo": f"r{r}",
+              "path": f"r{r}/f{f}.py"} for r in range(6) for f in range(3) for i in range(20)]
+    pairs += [{"query": f"loose{i}", "positive": f"code{i}"} for i in range(20)]
+    batches = duplicate_free_batches(pairs, 16, np.random.default_rng(1), by_repo=True)
+    used = [i for b in batches for i in b]
+    assert len(used) == len(set(used)) == len(pairs) // 16 * 16
+    repos = [{pairs[i].get("repo") for i in b} for b in batches]
+    files = [{pairs[i].get("path") for i in b} for b in batches]
+    assert max(map(len, repos)) <= 2 and max(map(len, files)) <= 3  # 60 pairs a repo
+    assert sum(len(r) == 1 for r in repos) >= len(batches) // 2
+    plain = duplicate_free_batches(pairs, 16, np.random.default_rng(1))
+    assert sum(len({pairs[i].get("repo") for i in b}) for b in plain) > 4 * len(plain)
+    # the batches come in a random order, not repository after repository
+    firsts = [pairs[b[0]].get("repo") for b in batches]
+    assert firsts != sorted(firsts, key=firsts.index)
+    again = duplicate_free_batches(pairs, 16, np.random.default_rng(1), by_repo=True)
+    assert again == batches
+    # duplicates are still kept apart
+    dups = [dict(p, repo="one", path="one.py") for p in _dup_heavy_pairs()]
+    for b in duplicate_free_batches(dups, 16, np.random.default_rng(1), by_repo=True):
+        texts = [t for i in b for t in {dups[i]["query"], dups[i]["positive"],
+                                         *dups[i]["negatives"]}]
+        assert len(texts) == len(set(texts))
+
+
 def test_batcher_processes_resume_and_source():
     pairs = [{"query": f"q{i}", "positive": f"p{i}"} for i in range(100)]
     full = [b for b in PairBatcher(pairs, 8, source="py", seed=3, num_epochs=2)]

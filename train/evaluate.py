@@ -82,35 +82,17 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("nothing to evaluate: give --model or --baseline, or drop --no-bm25")
 
     from jbert.data.atomic import refuse_existing, write_text
-    from jbert.data.hub import locate
-    from jbert.data.pair_batches import load_pairs
     from jbert.errors import InputError
-    from jbert.evaluation.beir import load_beir, pairs_to_sets, sample_queries, write_beir
-    from jbert.evaluation.bootstrap import report_intervals
+    from jbert.evaluation.beir import load_evaluation_sets, write_beir
     from jbert.evaluation.embedder import Embedder
-    from jbert.evaluation.report import interval_lines, summary_table
-    from jbert.evaluation.retrieval import evaluate_retrieval
-    from jbert.evaluation.sentence_models import baseline_scores, check_baselines
+    from jbert.evaluation.report import interval_lines, retrieval_report, summary_table
+    from jbert.evaluation.sentence_models import check_baselines
 
     with usage_errors():
         if args.out:
             refuse_existing(args.out, f"--out {args.out}", args.overwrite)
         baselines = check_baselines(args.baseline)
-        if args.pairs:
-            what = f"--pairs {args.pairs}"
-            pairs = load_pairs(locate(args.pairs, what, inside=f"{args.split}.jsonl"),
-                               args.split)
-            if not pairs:
-                raise InputError(f"{what}: no pairs in split {args.split!r} (empty)")
-            sets = pairs_to_sets(pairs, args.max_queries)
-        else:
-            sets = [load_beir(d, args.split) for d in args.beir]
-            for d, rs in zip(args.beir, sets, strict=True):
-                if not rs.queries:
-                    raise InputError(f"--beir {d}: no queries with a relevant document in "
-                                     f"qrels/{args.split}.tsv")
-            if args.max_queries:
-                sets = [sample_queries(rs, args.max_queries) for rs in sets]
+        sets = load_evaluation_sets(args.pairs, args.beir or (), args.split, args.max_queries)
         if args.write_beir:
             for rs in sets:
                 where = Path(args.write_beir) / rs.name
@@ -128,21 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": args.model, "data": args.pairs or args.beir, "split": args.split}
     if embedder is not None:
         result["prompts"] = embedder.prompts
-    scores = {}
-    if baselines:
-        result["baselines"] = {}
-        for name, path in baselines.items():
-            scores[name], result["baselines"][name] = baseline_scores(
-                path, sets, batch_size=args.baseline_batch_size,
-                cache=Path(args.baseline_cache) / name if args.baseline_cache else None)
-    if embedder is not None or args.bm25 or baselines:
-        result.update(evaluate_retrieval(embedder, sets, bm25=args.bm25,
-                                         max_query_length=args.max_query_length,
-                                         max_doc_length=args.max_doc_length, dims=args.dims,
-                                         baselines=scores, per_query=True))
-        intervals = report_intervals(result.pop("per_query"), resamples=args.resamples)
-        if intervals:
-            result["intervals"] = intervals
+    result.update(retrieval_report(
+        embedder, sets, baselines=baselines, bm25=args.bm25,
+        max_query_length=args.max_query_length, max_doc_length=args.max_doc_length,
+        dims=args.dims, resamples=args.resamples, baseline_batch_size=args.baseline_batch_size,
+        baseline_cache=args.baseline_cache))
     print(json.dumps(result, indent=1))
     if "macro" in result:
         print("\n".join([summary_table(result), *interval_lines(result.get("intervals"))]),

@@ -71,12 +71,28 @@ def check_pair_count(source: str, pairs: Sequence[dict], batch_size: int) -> Non
         raise InputError(f"{source}: {len(pairs)} pairs, fewer than one batch of {batch_size}")
 
 
+def repo_order(pairs: Sequence[dict], rng: np.random.Generator) -> list[int]:
+    """Pair indices repository by repository, each one's files one after another, all three
+    levels in a random order: consecutive pairs are the code beside each other. Pairs without
+    a `repo` / `path` form one group of their own."""
+    tree: dict = {}
+    for i, p in enumerate(pairs):
+        tree.setdefault(p.get("repo"), {}).setdefault(p.get("path"), []).append(i)
+    order = []
+    for files in (list(tree.values())[k] for k in rng.permutation(len(tree))):
+        for members in (list(files.values())[k] for k in rng.permutation(len(files))):
+            order += [members[k] for k in rng.permutation(len(members))]
+    return order
+
+
 def duplicate_free_batches(
-    pairs: Sequence[dict], batch_size: int, rng: np.random.Generator
+    pairs: Sequence[dict], batch_size: int, rng: np.random.Generator, by_repo: bool = False
 ) -> list[list[int]]:
     """Index batches in a random order with no text twice in a batch. A pair that would repeat a
-    text waits for a later batch; what cannot fill a last full batch is left out."""
-    pending = deque(rng.permutation(len(pairs)).tolist())
+    text waits for a later batch; what cannot fill a last full batch is left out. `by_repo`
+    fills each batch from consecutive files of one repository (`repo_order`; the batches then
+    come in a random order), so the in-batch negatives are the positive's neighbours."""
+    pending = deque(repo_order(pairs, rng) if by_repo else rng.permutation(len(pairs)).tolist())
     batches = []
     while len(pending) >= batch_size:
         batch, seen, deferred = [], set(), []
@@ -92,13 +108,14 @@ def duplicate_free_batches(
         if len(batch) < batch_size:
             break
         batches.append(batch)
-    return batches
+    return [batches[k] for k in rng.permutation(len(batches))] if by_repo else batches
 
 
 class PairBatcher:
     """Epochs of duplicate-free global batches of `batch_size`; this process gets its slice.
 
     Deterministic for a seed; `get_state()` / `set_state()` (`{"epoch", "batch"}`) resume exactly.
+    `by_repo`: batches of neighbouring code (`duplicate_free_batches`).
     """
 
     def __init__(
@@ -110,6 +127,7 @@ class PairBatcher:
         process_index: int = 0,
         process_count: int = 1,
         num_epochs: int | None = None,
+        by_repo: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}: must be >= 1")
@@ -119,7 +137,7 @@ class PairBatcher:
         self.pairs, self.batch_size, self.source, self.seed = pairs, batch_size, source, seed
         self.per_process = batch_size // process_count
         self.offset = process_index * self.per_process
-        self.num_epochs = num_epochs
+        self.num_epochs, self.by_repo = num_epochs, by_repo
         self.epoch, self.batch = 0, 0
         self._batches: list[list[int]] | None = None
         self.has_negatives = any(p.get("negatives") for p in pairs)
@@ -127,7 +145,8 @@ class PairBatcher:
     def _epoch_batches(self) -> list[list[int]]:
         if self._batches is None:
             rng = np.random.default_rng([self.seed, self.epoch])
-            self._batches = duplicate_free_batches(self.pairs, self.batch_size, rng)
+            self._batches = duplicate_free_batches(self.pairs, self.batch_size, rng,
+                                                   self.by_repo)
         return self._batches
 
     def get_state(self) -> dict:

@@ -164,6 +164,28 @@ def load_named_sets(spec: str, max_queries: int | None = None, seed: int = 0,
     return out
 
 
+def load_evaluation_sets(pairs: str | None = None, beir: Sequence[str] = (), split: str = "test",
+                         max_queries: int | None = None) -> list[RetrievalSet]:
+    """`python -m train.evaluate`'s sets: the `split` of `pairs` (a dir, jsonl file or hub name)
+    as one set per language, else each `beir` dir as one set; `max_queries` per set. An empty
+    source raises `InputError` naming its flag (`--pairs`, `--beir`) and path."""
+    from jbert.data.hub import locate
+    from jbert.data.pair_batches import load_pairs
+
+    if pairs is not None:
+        what = f"--pairs {pairs}"
+        rows = load_pairs(locate(pairs, what, inside=f"{split}.jsonl"), split)
+        if not rows:
+            raise InputError(f"{what}: no pairs in split {split!r} (empty)")
+        return pairs_to_sets(rows, max_queries)
+    sets = [load_beir(d, split) for d in beir]
+    for d, rs in zip(beir, sets, strict=True):
+        if not rs.queries:
+            raise InputError(f"--beir {d}: no queries with a relevant document in "
+                             f"qrels/{split}.tsv")
+    return [sample_queries(rs, max_queries) for rs in sets]
+
+
 def sample_queries(rs: RetrievalSet, max_queries: int | None, seed: int = 0) -> RetrievalSet:
     """`rs` with at most `max_queries` of its queries (seeded draw, order kept) and its whole
     corpus, so sampling changes the spread of the estimate, not the task."""

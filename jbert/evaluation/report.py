@@ -1,10 +1,47 @@
-"""A retrieval report (`train.evaluate`'s JSON) as lines a person reads: one row per system,
-one column per set and the macro average, and the bootstrap intervals."""
+"""A retrieval report (`train.evaluate`'s JSON): made from an encoder, baseline models and
+retrieval sets (`retrieval_report`), and shown as lines a person reads: one row per system, one
+column per set and the macro average, and the bootstrap intervals."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+
+def retrieval_report(embedder: Any, sets: Sequence[Any], *,
+                     baselines: Mapping[str, str | os.PathLike] | None = None, bm25: bool = True,
+                     max_query_length: int = 64, max_doc_length: int = 256,
+                     dims: Sequence[int] | None = None, resamples: int = 1000,
+                     baseline_batch_size: int = 32,
+                     baseline_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`evaluate_retrieval`'s figures of `embedder` (an `Embedder` or None), BM25 and the
+    hybrids, and of each sentence-transformers model in `baselines` ({name: folder}, run with
+    its own settings, its embeddings kept under `baseline_cache`/name when given), with
+    `"intervals"`: every paired bootstrap comparison `report_intervals` makes."""
+    from jbert.evaluation.bootstrap import report_intervals
+    from jbert.evaluation.retrieval import evaluate_retrieval
+    from jbert.evaluation.sentence_models import baseline_scores
+
+    result: dict[str, Any] = {}
+    scores = {}
+    if baselines:
+        result["baselines"] = {}
+        for name, path in baselines.items():
+            scores[name], result["baselines"][name] = baseline_scores(
+                path, sets, batch_size=baseline_batch_size,
+                cache=Path(baseline_cache) / name if baseline_cache else None)
+    if embedder is None and not bm25 and not baselines:
+        return result
+    result.update(evaluate_retrieval(embedder, sets, bm25=bm25,
+                                     max_query_length=max_query_length,
+                                     max_doc_length=max_doc_length, dims=dims,
+                                     baselines=scores, per_query=True))
+    intervals = report_intervals(result.pop("per_query"), resamples=resamples)
+    if intervals:
+        result["intervals"] = intervals
+    return result
 
 
 def summary_table(result: Mapping[str, Any], metric: str = "ndcg@10") -> str:

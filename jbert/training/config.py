@@ -121,6 +121,9 @@ class ContrastiveConfig:
     matryoshka_dims: tuple[int, ...] = ()  # e.g. (256, 128, 64); (): the full size only
     matryoshka_weights: tuple[float, ...] = ()  # one per size; (): 1.0 each
     pack: bool = False
+    # Each batch from neighbouring files of one repository: in-batch negatives that share the
+    # positive's vocabulary, as the held-out corpus's functions share their repository's.
+    repo_batches: bool = False
     eval_sets: str = ""  # "name=path,name=path": BEIR dirs or pairs, each logged as name/...
     teacher: str = ""  # a teacher-embeddings dir (train.teacher_embeddings); "": no distillation
     # The KL and InfoNCE are both nats per query over the same candidates: equal weight.

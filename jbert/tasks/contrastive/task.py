@@ -152,7 +152,8 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
 
     def train_data(process_index, process_count, state):
         batchers = [PairBatcher(pairs, cfg.data.batch_size, source=name, seed=cfg.data.seed,
-                                process_index=process_index, process_count=process_count)
+                                process_index=process_index, process_count=process_count,
+                                by_repo=c.repo_batches)
                     for name, pairs in sources.items()]
         batcher = (batchers[0] if len(batchers) == 1
                    else MultiSourceBatcher(batchers, seed=cfg.data.seed))
