@@ -34,7 +34,7 @@ def get_config(variant: Literal["smoke", "features"] | None = None) -> TrainConf
     config = contrastive_stage(pretrain_tiny.get_config(), {
         "workdir": "runs/contrastive-tiny", "init_from": None,
         "steps": 600, "log_every": 10, "eval_every": 200,
-        "optim.learning_rate": 1e-3, "optim.warmup_steps": 30,
+        "optim.learning_rate": 3e-3, "optim.warmup_steps": 30,
         "data.batch_size": 64, "contrastive.pack": True,
         "contrastive.max_query_length": 64, "contrastive.max_doc_length": 256,
         "contrastive.eval_max_pairs": 2000,

@@ -4,8 +4,9 @@ Run:   python -m train.pretrain --config configs/pretrain_tiny.py
 Where: any CPU (measured on 2 cores); builds its data from the running Python's own sources
        into artifacts/data-tiny on first use (stdlib and site-packages up to 160 MiB: the
        whole of the project venv's base install; an 8,192-token tokenizer that cuts
-       identifiers into words, as the research recipe's; sizes and build time in
-       docs/data.md), then trains.
+       identifiers into words, as the research recipe's, and folds case, so a docstring's
+       `Thread` and the code's `thread` are one token; sizes and build time in docs/data.md),
+       then trains.
 Time:  200 steps of 32 x 128 tokens; the measured time is in docs/pretraining.md.
 Reach: held-out MLM loss below the unigram loss (the loss of predicting every masked token by
        its corpus frequency, printed at the end as data.unigram_loss); the measured figures
@@ -30,7 +31,7 @@ def get_config(variant: Literal["smoke"] | None = None) -> TrainConfig:
                           weight_decay=0.01, clip_norm=1.0),
         data=DataConfig(dir="artifacts/data-tiny", prepare_if_missing=True,
                         prepare_max_bytes=160 << 20, prepare_vocab_size=vocab,
-                        prepare_split_identifiers=True, seq_len=128,
+                        prepare_split_identifiers=True, prepare_lowercase=True, seq_len=128,
                         batch_size=32, docs_per_chunk=64, mask_rate=0.3, whole_word=True,
                         max_predictions=64),
         checkpoint=CheckpointConfig(every_steps=100, keep=2),
