@@ -1,7 +1,8 @@
 """Build the corpus, tokenizer and docstring/code pairs both training stages read.
 
   python -m train.prepare_corpus --out artifacts/data-tiny --max-bytes 167772160 \
-      --vocab-size 8192 --tokenizer-max-bytes 16777216 --split-identifiers   # the demo's data
+      --vocab-size 8192 --tokenizer-max-bytes 16777216 \
+      --split-identifiers --lowercase                                            # the demo's data
   scripts/fetch_sources.sh data/sources                                           # more languages
   python -m train.prepare_corpus --out artifacts/data --fetched data/sources      # docs/data.md
 

@@ -93,7 +93,9 @@ class ContrastiveConfig:
     export (sentence-transformers prompt names "query" and "document"). `matryoshka_dims` sums
     the loss over the leading `d` dimensions of each embedding for each listed `d` (weights
     `matryoshka_weights`, default 1 each). `pack` lays several texts end to end in each row
-    (segment ids keep them apart), so one compiled step serves all lengths. `eval_sets` adds
+    (segment ids keep them apart), so one compiled step serves all lengths. `repo_batches`
+    fills each batch from neighbouring files of one repository instead of the whole source
+    (`jbert.data.pair_batches.repo_order`: harder in-batch negatives). `eval_sets` adds
     named evaluation sets, `name=path` comma-separated: a BEIR-layout directory or a pairs
     file/directory (its test split).
 
