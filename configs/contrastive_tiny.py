@@ -13,7 +13,7 @@ What:  InfoNCE over batches of 64 pairs (every query against every positive), sy
        tokens of padded rows at these lengths; at this size no GradCache is needed).
 Time:  600 steps of 64 pairs, 3 evals and the export; measured times in docs/results.md
        ("The README demo").
-Reach: held-out nDCG@10 about 0.44, still below BM25's 0.57 on the same queries (the demo
+Reach: held-out nDCG@10 about 0.48, still below BM25's 0.57 on the same queries (the demo
        prints the difference with its paired bootstrap interval; docs/results.md).
 Args:  `:smoke` runs 10 steps. `:features` tunes the MLM backbone of
        configs/pretrain_tiny.py (runs/pretrain-tiny: run it first) with what issue 17 added,
