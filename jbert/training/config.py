@@ -124,7 +124,8 @@ class ContrastiveConfig:
     matryoshka_weights: tuple[float, ...] = ()  # one per size; (): 1.0 each
     pack: bool = False
     # Each batch from neighbouring files of one repository: in-batch negatives that share the
-    # positive's vocabulary, as the held-out corpus's functions share their repository's.
+    # positive's vocabulary, as the held-out corpus's functions share their repository's
+    # (measured worse at the demo's scale: docs/results.md).
     repo_batches: bool = False
     eval_sets: str = ""  # "name=path,name=path": BEIR dirs or pairs, each logged as name/...
     teacher: str = ""  # a teacher-embeddings dir (train.teacher_embeddings); "": no distillation
