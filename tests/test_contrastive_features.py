@@ -85,8 +85,8 @@ def test_matryoshka_sizes_are_checked_against_the_model():
         ContrastiveConfig(matryoshka_dims=(16, 16))
 
 
-@pytest.mark.parametrize("mesh_shape", [
-    None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
+@pytest.mark.slow  # about 17 s; the plain GradCache test stays in the quick suite
+@pytest.mark.parametrize("mesh_shape", [None, dict(data=2, fsdp=4)], ids=["1dev", "2x4"])
 def test_gradcache_with_matryoshka_equals_the_plain_gradient(mesh_shape):
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=4,
                             learn_temperature=True, matryoshka_dims=(32, 16, 8),
@@ -172,7 +172,7 @@ def _size(batch, what):
     pytest.param(dict(symmetric=True, hard_negatives=2, matryoshka_dims=(32, 8)),
                  marks=pytest.mark.slow),
 ], ids=["plain", "symmetric+negatives+matryoshka"])
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_packed_batch_gives_the_padded_loss_and_gradients(tokenizer, variant, processes):
     config = one_layer_config()
     cfg = ContrastiveConfig(temperature=0.1, max_query_length=48, max_doc_length=256, **variant)

@@ -56,7 +56,10 @@ EXPECTED = {
 
 @pytest.mark.parametrize("config", [CONFIG, pytest.param(CODE, marks=pytest.mark.slow)],
                          ids=["base", "code"])
-@pytest.mark.parametrize("head", [h for h in EXPECTED if h != "base"])
+# The two slowest heads (about 11 s together) run with the slow tests.
+@pytest.mark.parametrize("head", [
+    pytest.param(h, marks=pytest.mark.slow) if h in ("pretraining", "multiple_choice") else h
+    for h in EXPECTED if h != "base"])
 def test_head_shapes_and_overfitting(head, config):
     if head == "question_answering":
         config = config.replace(num_labels=2)  # start and end: any other num_labels is refused

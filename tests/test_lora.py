@@ -48,7 +48,7 @@ def _random_adapters(params, cfg, seed=1):
             for t, ab in adapters.items()}
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-code"])
+@pytest.mark.parametrize("name", ["tiny", pytest.param("tiny-code", marks=pytest.mark.slow)])
 def test_merge_adds_scale_times_a_b_to_each_layer_of_each_target(name):
     config = preset(name, num_hidden_layers=2, vocab_size=64, hidden_size=16,
                     num_attention_heads=2, intermediate_size=24)
