@@ -120,6 +120,7 @@ def test_a_perfect_ranking_scores_one(tiny_export, tmp_path):
     assert scores["shifted"]["ndcg@10"] < 0.7
 
 
+@pytest.mark.slow  # about 4 s on 2 cores
 def test_encode_applies_each_sides_prompt_and_length(tiny_export, tmp_path):
     from mteb.types import PromptType
 

@@ -125,6 +125,7 @@ def test_resume_onto_another_mesh(tmp_path):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow  # two short runs: about 6 s on 2 cores
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, steps=8)
     with pytest.raises(NonFiniteError, match="step 5"):
