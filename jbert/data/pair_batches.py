@@ -78,10 +78,11 @@ def repo_order(pairs: Sequence[dict], rng: np.random.Generator) -> list[int]:
     tree: dict = {}
     for i, p in enumerate(pairs):
         tree.setdefault(p.get("repo"), {}).setdefault(p.get("path"), []).append(i)
-    order = []
-    for files in (list(tree.values())[k] for k in rng.permutation(len(tree))):
-        for members in (list(files.values())[k] for k in rng.permutation(len(files))):
-            order += [members[k] for k in rng.permutation(len(members))]
+    repos, order = list(tree.values()), []
+    for r in rng.permutation(len(repos)):
+        files = list(repos[r].values())
+        for f in rng.permutation(len(files)):
+            order += [files[f][k] for k in rng.permutation(len(files[f]))]
     return order
 
 
