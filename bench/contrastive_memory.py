@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbert.ops.sharding import batch_sharding, make_mesh
-from jbert.tasks.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn
+from jbert.tasks.contrastive import cached_grad_fn, contrastive_head, contrastive_loss_fn
 from jbert.training.config import load_config
 from jbert.training.optim import make_optimizer
 from jbert.training.state import abstract_with_shardings, init_state
@@ -37,7 +37,7 @@ def step_and_args(chunk: int):
                             max_doc_length=LENGTH)
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
     tx = make_optimizer(cfg.optim, cfg.steps)
-    abstract = abstract_with_shardings(mesh, cfg.model, HEAD, tx)
+    abstract = abstract_with_shardings(mesh, cfg.model, contrastive_head(cfg.contrastive), tx)
     step = jax.jit(functools.partial(
         train_step, loss_fn=contrastive_loss_fn(cfg.model, c, mesh), tx=tx,
         grad_fn=cached_grad_fn(cfg.model, c, mesh) if chunk else None), donate_argnums=0)
@@ -61,7 +61,7 @@ def main() -> None:
         out[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
     if args.run:
         cfg, mesh, tx, step, _, _ = step_and_args(CHUNK)
-        state = init_state(mesh, cfg.model, HEAD, tx, 0)
+        state = init_state(mesh, cfg.model, contrastive_head(cfg.contrastive), tx, 0)
         rng = np.random.default_rng(0)
         batch = {}
         for key in ("query", "doc"):

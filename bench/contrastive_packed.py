@@ -33,7 +33,7 @@ from jbert.data.tokenizer import load_tokenizer  # noqa: E402
 from jbert.model import functional  # noqa: E402
 from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
 from jbert.tasks.contrastive import (  # noqa: E402
-    HEAD,
+    contrastive_head,
     contrastive_loss_fn,
     load_sources,
     pair_format,
@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
     tx = make_optimizer(cfg.optim, cfg.steps)
-    _, state_sh = state_shardings(mesh, cfg.model, HEAD, tx)
+    head = contrastive_head(cfg.contrastive)
+    _, state_sh = state_shardings(mesh, cfg.model, head, tx)
     batch_sh = batch_sharding(mesh)
     loss_fn = contrastive_loss_fn(cfg.model, c, mesh)
-    params = functional.init_params(cfg.model, jax.random.key(0), HEAD)
+    params = functional.init_params(cfg.model, jax.random.key(0), head)
     losses = {k: float(jax.jit(loss_fn)(params, b, None)[0]) / pairs["packed"][0]
               for k, b in check.items()}
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = {}
     for name, batch_list in data.items():
         step = jit_train_step(loss_fn, tx, state_sh, batch_sh)
-        holder = {"state": init_state(mesh, cfg.model, HEAD, tx, seed=0)}
+        holder = {"state": init_state(mesh, cfg.model, head, tx, seed=0)}
         on_device = [jax.device_put(b, batch_sh) for b in batch_list]
 
         def run(i, step=step, holder=holder, on_device=on_device):

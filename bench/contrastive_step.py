@@ -29,7 +29,11 @@ import numpy as np  # noqa: E402
 
 from bench.common import cpu_name, summary, timed, write_json  # noqa: E402
 from jbert.ops.sharding import batch_sharding, make_mesh  # noqa: E402
-from jbert.tasks.contrastive import HEAD, cached_grad_fn, contrastive_loss_fn  # noqa: E402
+from jbert.tasks.contrastive import (  # noqa: E402
+    cached_grad_fn,
+    contrastive_head,
+    contrastive_loss_fn,
+)
 from jbert.training.config import load_config  # noqa: E402
 from jbert.training.optim import make_optimizer  # noqa: E402
 from jbert.training.state import init_state, state_shardings  # noqa: E402
@@ -41,11 +45,11 @@ def make_step(cfg, chunk: int, batch_np: dict):
     c = dataclasses.replace(cfg.contrastive, chunk_size=chunk)
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
     tx = make_optimizer(cfg.optim, cfg.steps)
-    _, state_sh = state_shardings(mesh, cfg.model, HEAD, tx)
+    _, state_sh = state_shardings(mesh, cfg.model, contrastive_head(cfg.contrastive), tx)
     batch_sh = batch_sharding(mesh)
     step = jit_train_step(contrastive_loss_fn(cfg.model, c, mesh), tx, state_sh, batch_sh,
                           grad_fn=cached_grad_fn(cfg.model, c, mesh) if chunk else None)
-    holder = {"state": init_state(mesh, cfg.model, HEAD, tx, seed=0)}
+    holder = {"state": init_state(mesh, cfg.model, contrastive_head(cfg.contrastive), tx, seed=0)}
     batch = jax.device_put(batch_np, batch_sh)
 
     def run():

@@ -37,7 +37,7 @@ def get_config(variant: Literal["smoke", "features"] | None = None) -> TrainConf
         "optim.learning_rate": 3e-3, "optim.warmup_steps": 30,
         "data.batch_size": 64, "contrastive.pack": True,
         "contrastive.max_query_length": 64, "contrastive.max_doc_length": 256,
-        "contrastive.eval_max_pairs": 2000,
+        "contrastive.eval_max_pairs": 2000, "contrastive.sparse_weight": 1.0,
         "checkpoint.every_steps": 100, "checkpoint.keep": 2,
     })
     variants = {

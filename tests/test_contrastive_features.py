@@ -37,6 +37,7 @@ from jbert.tasks.contrastive import (
     loss_sizes,
     pair_format,
     paired_slots,
+    sparse_slot_bound,
     summarize,
 )
 from jbert.training.config import ContrastiveConfig
@@ -203,6 +204,27 @@ def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokeni
     assert_trees_close(grads, grads_ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("mesh_shape", [
+    None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
+def test_packed_sparse_slots_compacted_give_the_padded_loss_and_gradients(tokenizer, mesh_shape):
+    """The sparse head's packed slots, compacted to the batch's texts before scoring, give the
+    padded loss and gradients, under GradCache, on one device and on a 2x4 mesh."""
+    config = one_layer_config()
+    cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=8,
+                            learn_temperature=True, max_query_length=16, max_doc_length=32,
+                            sparse_weight=0.5)
+    padded, packed, _ = _padded_and_packed(tokenizer, cfg, _pairs(64), multiple=2 * 8)
+    params = functional.init_params(config, jax.random.key(0), "contrastive_sparse")
+    loss_ref, grads_ref = loss_and_grads(cfg, params, padded, None)
+    mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
+    slots = sparse_slot_bound(B * (2 + cfg.hard_negatives), mesh)
+    assert slots < packed["text_pair"].size  # the compaction drops empty slots
+    loss, grads = loss_and_grads(cfg, params, packed, mesh, grad_fn=cached_grad_fn(
+        config, cfg, mesh, chunks=B // 8, sparse_slots=slots))
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    assert_trees_close(grads, grads_ref, atol=2e-5)
+
+
 def test_packed_batches_lose_no_pair_and_resume_with_the_waiting_ones(tokenizer):
     """Rows planned for the average batch: a pair that does not fit waits for the next batch
     (first in line), none is lost or seen twice, padding stays low, and the data position
@@ -295,7 +317,8 @@ def test_prompts_prefix_every_query_and_document_in_training(tokenizer):
 def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
     """Issue 17's whole feature set in one tiny run through `train.contrastive`: prompts,
     Matryoshka sizes, packed batches, LoRA on a released-layout base, GradCache, a named eval
-    set, on a (2, 2, 2) mesh; the export reloads and carries its prompts, sizes and card."""
+    set, the sparse head, on a (2, 2, 2) mesh; the export reloads and carries its prompts,
+    sizes, sparse head and card."""
     import json
 
     from helpers.contrastive import make_data_dir
@@ -309,13 +332,15 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
         "contrastive.max_query_length": 24, "contrastive.max_doc_length": 32,
         "contrastive.query_prompt": "query: ", "contrastive.doc_prompt": "code: ",
         "contrastive.matryoshka_dims": "32,16,8", "contrastive.pack": True,
-        "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}"})
+        "contrastive.eval_sets": f"mine={data / 'pairs' / 'test.jsonl'}",
+        "contrastive.sparse_weight": 1.0})
     summary = main(argv)
     assert summary["status"] == "done"
     assert summary["data"]["pack_rows"] <= 2 * 16  # rows of 32 tokens: 16 queries + 16 docs
     final = summary["final_eval"]
     for key in ("retrieval_ndcg@10", "dim16/retrieval_ndcg@10", "dim8/retrieval_ndcg@10",
-                "mine/retrieval_ndcg@10", "mine/bm25_ndcg@10"):
+                "mine/retrieval_ndcg@10", "mine/bm25_ndcg@10", "sparse_ndcg@10",
+                "dense+sparse_ndcg@10", "mine/dense+sparse_ndcg@10"):
         assert 0.0 <= final[key] <= 1.0, key
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert any("loss_dim8" in r for r in logged)
@@ -333,6 +358,7 @@ def test_prompts_matryoshka_packing_and_lora_together_end_to_end(tmp_path):
     loaded_config, loaded = jbert.load_pretrained(export, head="base")
     embedder = Embedder.from_pretrained(export)
     assert embedder.prompts == {"query": "query: ", "document": "code: "}
+    assert embedder.has_sparse and (export / "sparse_head.safetensors").is_file()
     by_name = embedder.encode(["add two numbers"], prompt_name="query", dim=16)
     by_hand = embedder.encode(["query: add two numbers"])[:, :16]
     np.testing.assert_allclose(by_name, by_hand / np.linalg.norm(by_hand), atol=1e-6)

@@ -90,7 +90,7 @@ def test_mteb_ndcg_matches_an_independent_computation(tiny_export, tmp_path, cap
     assert report["scores"]["toy-code"]["ndcg@10"] == pytest.approx(mteb_ndcg, abs=1e-6)
     assert "toy-code" in capsys.readouterr().out
 
-    config, params, tokenizer = load_encoder(tiny_export)
+    config, params, tokenizer, _ = load_encoder(tiny_export)
     embedder = Embedder(config, params, tokenizer, max_length=64)
     query_ids, doc_ids = list(QRELS), list(DOCS)
     q_QD = embedder.encode([f"find: {QUERIES[q]}" for q in query_ids], max_length=8)
@@ -105,7 +105,7 @@ def test_mteb_ndcg_matches_an_independent_computation(tiny_export, tmp_path, cap
 
 @pytest.mark.slow
 def test_a_perfect_ranking_scores_one(tiny_export, tmp_path):
-    config, params, tokenizer = load_encoder(tiny_export)
+    config, params, tokenizer, _ = load_encoder(tiny_export)
     encoder = encoder_from_embedder(Embedder(config, params, tokenizer, max_length=64),
                                     max_query_length=64, max_doc_length=64)
     # Each query is its document's text as mteb reads it: cosine 1 ranks it first.
@@ -124,7 +124,7 @@ def test_a_perfect_ranking_scores_one(tiny_export, tmp_path):
 def test_encode_applies_each_sides_prompt_and_length(tiny_export, tmp_path):
     from mteb.types import PromptType
 
-    config, params, tokenizer = load_encoder(tiny_export)
+    config, params, tokenizer, _ = load_encoder(tiny_export)
     embedder = Embedder(config, params, tokenizer, max_length=64)
     encoder = encoder_from_embedder(embedder, max_query_length=8, max_doc_length=64,
                                     prompts={"query": "find: ", "document": "code: "})

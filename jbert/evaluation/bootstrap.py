@@ -113,13 +113,14 @@ def compare(per_query: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
 
 def report_intervals(per_query: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
                      metric: str = "ndcg@10", *, resamples: int = DEFAULT_RESAMPLES,
-                     seed: int = 0, level: float = 0.95) -> dict | None:
-    """A report's "intervals" entry: the `comparison_pairs` of the systems every set holds,
-    each with its macro `metric` difference and interval; None when there is nothing to
-    compare."""
+                     seed: int = 0, level: float = 0.95, reference: str = "dense"
+                     ) -> dict | None:
+    """A report's "intervals" entry: the `comparison_pairs` of the systems every set holds
+    (`reference` against each other), each with its macro `metric` difference and interval;
+    None when there is nothing to compare."""
     sets = list(per_query.values())
     systems = [s for s in (sets[0] if sets else ()) if all(s in r for r in sets)]
-    pairs = comparison_pairs(systems)
+    pairs = comparison_pairs(systems, reference)
     if not pairs:
         return None
     found = compare(per_query, pairs, metric, resamples=resamples, seed=seed, level=level)

@@ -113,10 +113,10 @@ def padding_fraction(calls: Sequence[EncoderCall], lengths: Sequence[int]) -> fl
 
 
 @functools.cache
-def _compiled_embed(config: JinaBertConfig):
-    """One jitted `embed` per model config, shared by its embedders (an evaluation over several
+def _compiled_encode(config: JinaBertConfig):
+    """One jitted `encode` per model config, shared by its embedders (an evaluation over several
     sets compiles each shape once)."""
-    return jax.jit(functools.partial(functional.embed, config),
+    return jax.jit(functools.partial(functional.encode, config),
                    static_argnames=("num_segments", "normalize"))
 
 
@@ -124,18 +124,26 @@ class Embedder:
     """`encode(texts)` for a base model's params and its tokenizer. `prompts` maps prompt names
     ("query", "document") to the prefixes `encode(..., prompt_name=...)` puts before texts;
     `matryoshka_dims` lists the smaller sizes the model was trained to embed in (for reports:
-    `encode(..., dim=N)` takes any N)."""
+    `encode(..., dim=N)` takes any N).
+
+    Params with a sparse head (`{"bert": encoder, "sparse": head}`, or a contrastive run's)
+    also give `encode_sparse(texts)`, and the model's own score of a query and a document is
+    `dense_scale * cosine + sparse dot product` (`score`): `dense_scale` is 1 / the InfoNCE
+    temperature the two were trained at."""
 
     def __init__(self, config: JinaBertConfig, params: functional.Params | None,
                  tokenizer: tokenizers.Tokenizer, *, max_length: int = 8192,
                  prompts: Mapping[str, str] | None = None,
-                 matryoshka_dims: Sequence[int] = ()):
+                 matryoshka_dims: Sequence[int] = (), dense_scale: float = 1.0):
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length={max_length} exceeds the model's "
                              f"max_position_embeddings={config.max_position_embeddings}")
         self.config = config
         # None: weights come later through `set_params`.
-        self.params = None if params is None else functional.encoder_params(params)
+        self.params, self.sparse_params = None, None
+        if params is not None:
+            self.set_params(params)
+        self.dense_scale = dense_scale
         # A private copy without the file's padding or truncation settings: lengths are ours.
         self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.no_padding()
@@ -144,7 +152,7 @@ class Embedder:
         self.prompts = dict(prompts or {})
         self.matryoshka_dims = tuple(matryoshka_dims)
         self.last_padding_fraction = 0.0  # of the last `encode`'s calls, for benchmarks and tests
-        self._embed = _compiled_embed(config)
+        self._encode = _compiled_encode(config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, max_length: int | None = None
@@ -153,11 +161,11 @@ class Embedder:
         `config_sentence_transformers.json`) or a jbert run dir (its latest checkpoint; prompts
         and sizes from its `contrastive` config). `max_length` defaults to the model's
         `max_position_embeddings`."""
-        config, params, tokenizer = load_encoder(path)
+        config, params, tokenizer, dense_scale = load_encoder(path)
         prompts, dims = load_inference_settings(path)
         return cls(config, params, tokenizer,
                    max_length=max_length or config.max_position_embeddings, prompts=prompts,
-                   matryoshka_dims=dims)
+                   matryoshka_dims=dims, dense_scale=dense_scale)
 
     def prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
         """The prefix `encode` puts before texts: `prompt` itself, or the prompt named
@@ -174,9 +182,39 @@ class Embedder:
     def set_params(self, params: functional.Params) -> None:
         """Embed with other weights of the same model (same shapes: nothing recompiles)."""
         self.params = functional.encoder_params(params)
+        self.sparse_params = functional.sparse_head(params)
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.sparse_params is not None
+
+    @property
+    def model_params(self) -> functional.Params:
+        """The weights as `set_params` takes them: the encoder's, with the sparse head
+        `{"bert": encoder, "sparse": head}`."""
+        if self.sparse_params is None:
+            return self.params
+        return {"bert": self.params, "sparse": self.sparse_params}
+
+    def score(self, dense_QN: np.ndarray, sparse_QN: np.ndarray) -> np.ndarray:
+        """The model's own scores from its two: `dense_scale * cosine + sparse dot product`,
+        the sum of the logits its two InfoNCE terms were trained on."""
+        return self.dense_scale * np.asarray(dense_QN) + np.asarray(sparse_QN)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         return encode_with_specials(self.tokenizer, texts, max_length)
+
+    def _texts(self, texts: Sequence[str] | str, max_length: int | None, batch_size: int,
+               prompt_name: str | None, prompt: str | None) -> tuple[list[str], int]:
+        """`encode`'s checks: the prompted texts and the max length."""
+        prefix = self.prompt(prompt_name, prompt)
+        texts = [prefix + t for t in ([texts] if isinstance(texts, str) else texts)]
+        max_length = self.max_length if max_length is None else max_length
+        if not 2 <= max_length <= self.max_length:
+            raise ValueError(f"max_length={max_length} must be in [2, {self.max_length}]")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        return texts, max_length
 
     def encode(self, texts: Sequence[str] | str, *, max_length: int | None = None,
                batch_size: int = 32, normalize: bool = True, pack: bool = True,
@@ -189,32 +227,51 @@ class Embedder:
         count towards `max_length` and the mean, as in sentence-transformers); `dim` keeps the
         first `dim` dimensions, normalised again when `normalize`.
         """
-        single = isinstance(texts, str)
-        prefix = self.prompt(prompt_name, prompt)
-        texts = [prefix + t for t in ([texts] if single else texts)]
         if dim is not None and not 1 <= dim <= self.config.hidden_size:
             raise ValueError(f"dim={dim} must be in [1, {self.config.hidden_size}] (the "
                              "model's hidden_size)")
-        max_length = self.max_length if max_length is None else max_length
-        if not 2 <= max_length <= self.max_length:
-            raise ValueError(f"max_length={max_length} must be in [2, {self.max_length}]")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be positive")
-        out_ND = self.encode_tokens(self.tokenize(texts, max_length), max_length=max_length,
+        prompted, max_length = self._texts(texts, max_length, batch_size, prompt_name, prompt)
+        out_ND = self.encode_tokens(self.tokenize(prompted, max_length), max_length=max_length,
                                     batch_size=batch_size, normalize=normalize, pack=pack)
         if dim is not None:
             out_ND = truncate(out_ND, dim, normalize)
-        return out_ND[0] if single else out_ND
+        return out_ND[0] if isinstance(texts, str) else out_ND
+
+    def encode_sparse(self, texts: Sequence[str] | str, *, max_length: int | None = None,
+                      batch_size: int = 32, prompt_name: str | None = None,
+                      prompt: str | None = None) -> np.ndarray:
+        """The sparse head's vectors [N, V] (float32; a text's token ids hold their weights,
+        the rest 0) of `texts`, in input order; a single string gives [V]. Arguments as
+        `encode`'s. Scores are dot products."""
+        if not self.has_sparse:
+            raise ValueError("this model has no sparse head (train with contrastive.sparse_weight"
+                             " > 0 to get one)")
+        prompted, max_length = self._texts(texts, max_length, batch_size, prompt_name, prompt)
+        out_NV = self.represent_tokens(self.tokenize(prompted, max_length),
+                                       max_length=max_length, batch_size=batch_size,
+                                       sparse=True)["sparse"]
+        return out_NV[0] if isinstance(texts, str) else out_NV
 
     def encode_tokens(self, ids: Sequence[Sequence[int]], *, max_length: int | None = None,
                       batch_size: int = 32, normalize: bool = True, pack: bool = True
                       ) -> np.ndarray:
         """`encode` of texts already tokenised by `tokenize` (an evaluation that embeds the same
         texts with changing params tokenises them once)."""
+        return self.represent_tokens(ids, max_length=max_length, batch_size=batch_size,
+                                     normalize=normalize, pack=pack)["dense"]
+
+    def represent_tokens(self, ids: Sequence[Sequence[int]], *, max_length: int | None = None,
+                         batch_size: int = 32, normalize: bool = True, pack: bool = True,
+                         sparse: bool = False) -> dict[str, np.ndarray]:
+        """{"dense": [N, D]} of texts already tokenised, and with `sparse` (the model must have
+        the head) "sparse": [N, V] as well, from the same encoder calls."""
         max_length = self.max_length if max_length is None else max_length
         lengths = [len(x) for x in ids]
         calls = plan_calls(lengths, max_length, batch_size, pack)
-        out_ND = np.zeros((len(ids), self.config.hidden_size), np.float32)
+        params = {"bert": self.params, "sparse": self.sparse_params} if sparse else self.params
+        out = {"dense": np.zeros((len(ids), self.config.hidden_size), np.float32)}
+        if sparse:
+            out["sparse"] = np.zeros((len(ids), self.config.vocab_size), np.float32)
         for call in calls:
             ids_BL = np.full((call.num_rows, call.length), self.config.pad_token_id, np.int32)
             segment_ids_BL = np.zeros((call.num_rows, call.length), np.int32)
@@ -224,26 +281,29 @@ class Embedder:
                     ids_BL[r, at : at + lengths[i]] = ids[i]
                     segment_ids_BL[r, at : at + lengths[i]] = s
                     at += lengths[i]
-            emb_BSD = np.asarray(self._embed(
-                self.params, ids_BL, (segment_ids_BL > 0).astype(np.int32),
-                np.zeros_like(ids_BL), segment_ids_BL, num_segments=call.num_segments,
-                normalize=normalize))
-            for r, row in enumerate(call.rows):
-                out_ND[list(row)] = emb_BSD[r, : len(row)]
+            got = self._encode(params, ids_BL, (segment_ids_BL > 0).astype(np.int32),
+                               np.zeros_like(ids_BL), segment_ids_BL,
+                               num_segments=call.num_segments, normalize=normalize)
+            for key, value in got.items():
+                x_BSX = np.asarray(value)
+                for r, row in enumerate(call.rows):
+                    out[key][list(row)] = x_BSX[r, : len(row)]
         self.last_padding_fraction = padding_fraction(calls, lengths)
-        return out_ND
+        return out
 
 
 # -- models from disk -----------------------------------------------------------------------
 
 
-def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
-    """(model config, encoder params, tokenizer) of an HF export dir or a jbert run dir (its
-    latest checkpoint, tokenizer from the run's data dir): the untuned MLM backbone or a tuned
-    model, evaluated the same way."""
+def load_encoder(path: str | Path) -> tuple[Any, Any, Any, float]:
+    """(model config, encoder params, tokenizer, dense scale) of an HF export dir or a jbert
+    run dir (its latest checkpoint, tokenizer from the run's data directory): the untuned MLM
+    backbone or a tuned model, evaluated the same way. A model with a sparse head gives
+    `{"bert": encoder, "sparse": head}` and 1 / its temperature as the dense scale (from an
+    export's `sparse_head.safetensors`, or the run's); others 1.0."""
     from jbert.data.tokenizer import load_tokenizer
     from jbert.hf.load import load_pretrained
-    from jbert.model import functional
+    from jbert.hf.sparse_head import load_sparse_head
     from jbert.training.run_dir import is_hf_export, load_run_params, run_config
 
     path = Path(path)
@@ -252,10 +312,20 @@ def load_encoder(path: str | Path) -> tuple[Any, Any, Any]:
                                 "nor a jbert run directory (config.json, checkpoints/)")
     if is_hf_export(path):
         config, params = load_pretrained(path, head="base")
-        return config, params, load_tokenizer(path)
+        sparse = load_sparse_head(path, config.hidden_size)
+        if sparse is not None:
+            return config, {"bert": params, "sparse": sparse[0]}, load_tokenizer(path), sparse[1]
+        return config, params, load_tokenizer(path), 1.0
     config, params, _, _ = load_run_params(path)
-    return config, functional.encoder_params(params), load_tokenizer(
-        Path(run_config(path).data.dir) / "tokenizer")
+    cfg = run_config(path)
+    tokenizer = load_tokenizer(Path(cfg.data.dir) / "tokenizer")
+    head = functional.sparse_head(params)
+    if head is None:
+        return config, functional.encoder_params(params), tokenizer, 1.0
+    from jbert.training.export import dense_scale
+
+    return (config, {"bert": functional.encoder_params(params), "sparse": head}, tokenizer,
+            dense_scale(cfg.contrastive, params))
 
 
 def load_inference_settings(path: str | Path) -> tuple[dict[str, str], tuple[int, ...]]:

@@ -19,9 +19,10 @@ def retrieval_report(embedder: Any, sets: Sequence[Any], *,
     """`evaluate_retrieval`'s figures of `embedder` (an `Embedder` or None), BM25 and the
     hybrids, and of each sentence-transformers model in `baselines` ({name: folder}, run with
     its own settings, its embeddings kept under `baseline_cache`/name when given), with
-    `"intervals"`: every paired bootstrap comparison `report_intervals` makes."""
+    `"intervals"`: every paired bootstrap comparison `report_intervals` makes (of the model's
+    own score: `dense`, or `dense+sparse` with a sparse head)."""
     from jbert.evaluation.bootstrap import report_intervals
-    from jbert.evaluation.retrieval import evaluate_retrieval
+    from jbert.evaluation.retrieval import DENSE_SPARSE, evaluate_retrieval
     from jbert.evaluation.sentence_models import baseline_scores
 
     result: dict[str, Any] = {}
@@ -38,7 +39,10 @@ def retrieval_report(embedder: Any, sets: Sequence[Any], *,
                                      max_query_length=max_query_length,
                                      max_doc_length=max_doc_length, dims=dims,
                                      baselines=scores, per_query=True))
-    intervals = report_intervals(result.pop("per_query"), resamples=resamples)
+    # The model is its own score: the dense and sparse heads' sum when it has both.
+    reference = DENSE_SPARSE if embedder is not None and embedder.has_sparse else "dense"
+    intervals = report_intervals(result.pop("per_query"), resamples=resamples,
+                                 reference=reference)
     if intervals:
         result["intervals"] = intervals
     return result

@@ -69,6 +69,8 @@ class BM25Index:
 IR_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
 RUN_DEPTH = 100  # documents kept per query, as BEIR's evaluation keeps
 SYSTEMS = ("dense", "bm25", "rrf", "linear")
+# A model with a sparse head: the head alone, and the model's own score (dense and sparse).
+SPARSE, DENSE_SPARSE = "sparse", "dense+sparse"
 
 
 def rank_documents(scores_QN: np.ndarray, doc_ids: Sequence[str], k: int = RUN_DEPTH,
@@ -242,6 +244,19 @@ class SetEvaluator:
         self.bm25 = ([BM25Index(rs.docs).scores(rs.queries) for rs in self.sets]
                      if bm25 else [None] * len(self.sets))
 
+    def representations(self, params: Any) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """{"dense": (queries [Q, D], documents [N, D]), and with a sparse head "sparse":
+        (queries [Q, V], documents [N, V])} per set, from one encoder pass each."""
+        self.embedder.set_params(params)
+        sparse = self.embedder.has_sparse
+        out = []
+        for q_ids, d_ids in self.tokens:
+            q, d = (self.embedder.represent_tokens(ids, max_length=length, sparse=sparse,
+                                                   batch_size=self.batch_size)
+                    for ids, length in ((q_ids, self.lengths[0]), (d_ids, self.lengths[1])))
+            out.append({key: (q[key], d[key]) for key in q})
+        return out
+
     def embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """(queries [Q, D], documents [N, D]) per set, L2-normalised."""
         self.embedder.set_params(params)
@@ -259,14 +274,22 @@ class SetEvaluator:
                  per_query: bool = False) -> dict:
         """{"sets": {name: {system: metrics}}, "macro": {system: metrics}, "sizes": {...}},
         and with `dims` "dims": {d: {"sets", "macro"}} (dense and hybrids at size d), all from
-        one embedding pass. `baselines` and `per_query`: see `results` (full size only)."""
+        one embedding pass. `baselines` and `per_query`: see `results` (full size only). With
+        a sparse head in `params`, the systems `sparse` (its dot products) and `dense+sparse`
+        (the model's own score, `Embedder.score` at the embedder's `dense_scale`) join them."""
         if params is None:
             return self.results(None, linear, baselines, per_query)
         from jbert.evaluation.embedder import truncate
 
-        embeddings = self.embeddings(params)
-        out = self.results([q_QD @ d_ND.T for q_QD, d_ND in embeddings], linear, baselines,
-                           per_query)
+        reps = self.representations(params)
+        embeddings = [r["dense"] for r in reps]
+        dense = [q_QD @ d_ND.T for q_QD, d_ND in embeddings]
+        if self.embedder.has_sparse:  # the sparse head alone, and the model's own sum
+            sparse = [q_QV @ d_NV.T for q_QV, d_NV in (r["sparse"] for r in reps)]
+            baselines = {**(baselines or {}), SPARSE: sparse,
+                         DENSE_SPARSE: [self.embedder.score(d, s)
+                                        for d, s in zip(dense, sparse, strict=True)]}
+        out = self.results(dense, linear, baselines, per_query)
         if self.dims:
             out["dims"] = {}
             for d in self.dims:
@@ -321,12 +344,14 @@ def named_evaluators(spec: str, config: Any, tokenizer: Any, *, max_queries: int
 
 
 # The names the trainer logs: `retrieval_*` is the dense model's macro average over the sets.
-LOGGED_SYSTEMS = {"dense": "retrieval", "bm25": "bm25", "rrf": "rrf", "linear": "linear"}
+LOGGED_SYSTEMS = {"dense": "retrieval", "bm25": "bm25", "rrf": "rrf", "linear": "linear",
+                  SPARSE: SPARSE, DENSE_SPARSE: DENSE_SPARSE}
 
 
 def logged_metrics(result: dict, prefix: str = "", per_set: bool = True) -> dict[str, float]:
     """A `SetEvaluator` result as flat log keys: `retrieval_ndcg@10` (macro), `bm25_ndcg@10`,
-    `rrf_ndcg@10`, per set (with `per_set`) `python/retrieval_ndcg@10` and so on, and per
+    `rrf_ndcg@10` (with a sparse head `sparse_ndcg@10` and `dense+sparse_ndcg@10`), per set
+    (with `per_set`) `python/retrieval_ndcg@10` and so on, and per
     Matryoshka size `dim128/retrieval_ndcg@10`, `dim128/python/retrieval_ndcg@10` (dense and
     hybrids; BM25 has no size). Every key starts with `prefix` (e.g. "mycorpus/")."""
     out = {}
@@ -361,4 +386,5 @@ def evaluate_retrieval(embedder: Any, sets: Sequence[Any], *, bm25: bool = True,
         query_prompt=embedder.prompts.get("query", ""),
         doc_prompt=embedder.prompts.get("document", ""),
         dims=embedder.matryoshka_dims if dims is None else dims)
-    return evaluator(embedder.params, linear=linear, **extra)
+    evaluator.embedder.dense_scale = embedder.dense_scale
+    return evaluator(embedder.model_params, linear=linear, **extra)

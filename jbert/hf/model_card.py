@@ -56,6 +56,7 @@ class ModelCard:
     config_json: str = ""  # the run's whole config
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # "query"/"document"
     matryoshka_dims: tuple[int, ...] = ()  # embedding sizes the loss trained (truncatable)
+    sparse_head: bool = False  # the export carries `sparse_head.safetensors`
 
 
 def front_matter(card: ModelCard, head: str) -> dict[str, object]:
@@ -223,4 +224,22 @@ embedder = jbert.Embedder(config, params, load_tokenizer("{path}"),
 queries = embedder.encode([{prefixed(query, query_text)}])
 docs = embedder.encode([{prefixed(document, doc_text)}])
 print(queries @ docs.T){smaller}
+```{sparse_usage(card, prefixed(query, query_text), prefixed(document, doc_text))}"""
+
+
+def sparse_usage(card: ModelCard, query: str, doc: str) -> str:
+    """The sparse head's snippet (jbert only: no HF architecture has the head)."""
+    if not card.sparse_head:
+        return ""
+    return f"""
+
+The sparse head (`sparse_head.safetensors`: a weight per token, vocabulary-sized vectors scored
+by dot product) is read by jbert alone; sentence-transformers and transformers load the dense
+model above. The model's own score, the sum it was trained on, is `embedder.score`:
+
+```python
+embedder = jbert.Embedder.from_pretrained("{PLACEHOLDER_PATH}")
+dense = embedder.encode([{query}]) @ embedder.encode([{doc}]).T
+sparse = embedder.encode_sparse([{query}]) @ embedder.encode_sparse([{doc}]).T
+print(embedder.score(dense, sparse))  # dense_scale * cosine + sparse dot product
 ```"""

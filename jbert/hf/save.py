@@ -37,6 +37,7 @@ from jbert.hf.keys import (
     per_layer_leaves,
 )
 from jbert.hf.model_card import ModelCard, render_card
+from jbert.hf.sparse_head import SPARSE_HEAD_FILE, sparse_head_tensors
 from jbert.model.config import JinaBertConfig
 from jbert.model.functional import Params, abstract_params
 from jbert.model.heads import HEADS
@@ -163,7 +164,8 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
                     tokenizer: Any = None, *, head: str | None = None, overwrite: bool = False,
                     base_model: str | None = None, self_contained: bool = False,
                     prompts: Mapping[str, str] | None = None,
-                    matryoshka_dims: Sequence[int] = (), card: ModelCard | None = None) -> Path:
+                    matryoshka_dims: Sequence[int] = (), card: ModelCard | None = None,
+                    sparse_head: tuple[Params, float] | None = None) -> Path:
     """Writes a HF/sentence-transformers checkpoint directory atomically; returns its path.
 
     `tokenizer` is a `tokenizers.Tokenizer`, a directory holding tokenizer files or a hub id
@@ -186,6 +188,10 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
     `README.md` is the model card (`jbert.hf.model_card`): with `card`, its facts (recipe,
     evaluation, prompts, Matryoshka sizes); without, what the weights are and how to load them.
     `base_model` is the card's `base_model` when the card names none.
+
+    `sparse_head` (the params of a contrastive run's sparse head and its dense scale, 1 / the
+    temperature) is written beside the weights as `sparse_head.safetensors`
+    (`jbert.hf.sparse_head`), where `jbert.Embedder.from_pretrained` finds it.
     """
     bad = [d for d in matryoshka_dims if not 1 <= d <= config.hidden_size]
     if bad:
@@ -203,6 +209,9 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
 
         # {"format": "pt"}: transformers refuses safetensors files without it.
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        if sparse_head is not None:
+            save_file(sparse_head_tensors(*sparse_head), str(tmp / SPARSE_HEAD_FILE),
+                      metadata={"format": "pt"})
         hf_config = hf_config_dict(config, head, self_contained=self_contained)
         if tokenizer is None and hf_config["emb_pooler"] is not None and not self_contained:
             # With emb_pooler set, jina's remote model loads the tokenizer from the model
@@ -231,6 +240,8 @@ def save_pretrained(path: str | os.PathLike, config: JinaBertConfig, params: Par
         if not card.prompts:
             card = dataclasses.replace(card, prompts={k: v for k, v in (prompts or {}).items()
                                                       if v})
+        if sparse_head is not None:
+            card = dataclasses.replace(card, sparse_head=True)
         if not card.matryoshka_dims:
             card = dataclasses.replace(card, matryoshka_dims=tuple(
                 d for d in matryoshka_dims if d < config.hidden_size))

@@ -15,7 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jbert.model.config import JinaBertConfig
-from jbert.model.heads import build, l2_normalize, mean_pool, segment_mean_pool
+from jbert.model.heads import (
+    SparseTermWeights,
+    build,
+    l2_normalize,
+    mean_pool,
+    segment_mean_pool,
+    vocab_max_pool,
+)
 
 Params = dict[str, Any]
 
@@ -88,12 +95,15 @@ def encoder_params(params: Params) -> Params:
 
 def transplant_encoder(params: Params, config: JinaBertConfig, head: str) -> Params:
     """The encoder of `params` (bare or inside a head) in a fresh `head`'s parameter tree: the
-    head's own weights, and a pooler the encoder lacks (an MLM head has none), start fresh."""
+    head's own weights, and a pooler the encoder lacks (an MLM head has none), start fresh; a
+    sparse head both trees have carries over."""
     encoder = encoder_params(params)
     fresh = dict(init_params(config, jax.random.key(0), head))
     if head == "base":
         return {**fresh, **{k: v for k, v in encoder.items() if k in fresh}}
     fresh["bert"] = {**fresh["bert"], **{k: v for k, v in encoder.items() if k in fresh["bert"]}}
+    if "sparse" in fresh and sparse_head(params) is not None:  # a sparse head carries over
+        fresh["sparse"] = sparse_head(params)
     return fresh
 
 
@@ -113,7 +123,26 @@ def embed(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
     zeros where a row holds fewer texts. ALiBi sees only distances, so a packed text's embedding
     is the one it gets alone.
     """
-    encoder = encoder_params(params)
+    return encode(config, encoder_params(params), input_ids_BL, attention_mask_BL,
+                  token_type_ids_BL, segment_ids_BL, num_segments=num_segments,
+                  dropout_rng=dropout_rng, normalize=normalize)["dense"]
+
+
+def sparse_head(params: Params) -> Params | None:
+    """The sparse head's weights (`heads.SparseTermWeights`) of a contrastive head's params or
+    of `{"bert": encoder, "sparse": head}`; None when the model has none."""
+    return params.get("sparse") if "bert" in params and "embeddings" not in params else None
+
+
+def encode(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
+           attention_mask_BL: jax.Array, token_type_ids_BL: jax.Array | None = None,
+           segment_ids_BL: jax.Array | None = None, *, num_segments: int = 1,
+           dropout_rng: jax.Array | None = None, normalize: bool = True
+           ) -> dict[str, jax.Array]:
+    """One encoder pass, every representation the model has: `dense` (`embed`'s) and, when
+    `params` carry a sparse head (`sparse_head`), `sparse`, each text's vocabulary-sized vector
+    of token weights ([B, V] or [B, S, V] packed; `heads.vocab_max_pool`)."""
+    encoder, head = encoder_params(params), sparse_head(params)
     out = apply(config, encoder, input_ids_BL, attention_mask_BL, token_type_ids_BL,
                 segment_ids_BL, head=encoder_head(encoder), dropout_rng=dropout_rng)
     x_BLD = out["last_hidden_state"]
@@ -121,4 +150,18 @@ def embed(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
         pooled = mean_pool(x_BLD, attention_mask_BL)
     else:
         pooled = segment_mean_pool(x_BLD, segment_ids_BL, num_segments)
-    return l2_normalize(pooled) if normalize else pooled
+    result = {"dense": l2_normalize(pooled) if normalize else pooled}
+    if head is not None:
+        weights_BL = nnx.merge(_sparse_graph(config), head)(x_BLD, attention_mask_BL)
+        result["sparse"] = vocab_max_pool(weights_BL, input_ids_BL, segment_ids_BL,
+                                          config.vocab_size, num_segments)
+    return result
+
+
+@functools.lru_cache(maxsize=64)
+def _sparse_graph(config: JinaBertConfig) -> nnx.GraphDef:
+    """The sparse head's graphdef, from shapes alone (see `_graph`)."""
+    with (jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())),
+          nnx.use_eager_sharding(False)):
+        abstract = nnx.eval_shape(lambda: SparseTermWeights(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]

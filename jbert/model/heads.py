@@ -7,6 +7,9 @@ returns a dict: the HF output names (`logits`, `prediction_logits`, `start_logit
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -45,6 +48,27 @@ def segment_mean_pool(x_BLD: jax.Array, segment_ids_BL: jax.Array,
 
 def l2_normalize(x_BD: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x_BD / jnp.maximum(jnp.linalg.norm(x_BD, axis=-1, keepdims=True), eps)
+
+
+def vocab_max_pool(weights_BL: jax.Array, input_ids_BL: jax.Array,
+                   segment_ids_BL: jax.Array | None, vocab_size: int,
+                   num_segments: int = 1) -> jax.Array:
+    """Sparse vectors: per text, each vocabulary entry's largest weight among its tokens, 0 for
+    tokens it lacks, in fp32: [B, V], or [B, S, V] with `segment_ids_BL` (packed texts 1..S;
+    0 on padding). Weights must be >= 0 and 0 where there is no text (the max starts at 0)."""
+    b, _ = input_ids_BL.shape
+    if segment_ids_BL is None:
+        slot_BL = jnp.broadcast_to(jnp.arange(b)[:, None], input_ids_BL.shape)
+        slots = b
+    else:
+        slots = b * num_segments
+        # padding (segment 0) goes to a slot past the end, sliced off below
+        slot_BL = jnp.where(segment_ids_BL > 0,
+                            jnp.arange(b)[:, None] * num_segments + segment_ids_BL - 1, slots)
+    pooled_XV = jnp.zeros((slots + 1, vocab_size), jnp.float32).at[slot_BL, input_ids_BL].max(
+        weights_BL.astype(jnp.float32))[:slots]
+    return pooled_XV if segment_ids_BL is None else pooled_XV.reshape(b, num_segments,
+                                                                      vocab_size)
 
 
 # -- the BERT prediction heads (`cls.*`) ----------------------------------------------------
@@ -343,15 +367,48 @@ class JinaBertForQuestionAnswering(_Head):
         return result
 
 
+# A learned temperature is kept in [MIN, MAX]: near zero the logits and gradients explode.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.005, 1.0
+
+
+def contrastive_temperature(tau0: float, params: dict | None) -> jax.Array:
+    """The InfoNCE temperature of `JinaBertForContrastive` params: tau0 * exp(its learned
+    log-scale), kept in [MIN_TEMPERATURE, MAX_TEMPERATURE]; tau0 itself with `params` None
+    (a fixed temperature)."""
+    if params is None:
+        return jnp.asarray(tau0, jnp.float32)
+    tau = tau0 * jnp.exp(params["temperature_log_scale"].astype(jnp.float32))
+    return jnp.clip(tau, MIN_TEMPERATURE, MAX_TEMPERATURE)
+
+
+class SparseTermWeights(nnx.Module):
+    """The sparse head: one weight per token, relu(h . w + b) of its last hidden state h, pooled
+    into a vocabulary-sized vector per text (`vocab_max_pool`); texts score by dot product.
+    The bias starts at 1, so every token starts counted once (exact-match overlap) and the
+    ReLU starts alive; training learns which tokens matter (uniCOIL's term weights)."""
+
+    def __init__(self, config: JinaBertConfig, *, rngs: nnx.Rngs):
+        self.dense = dense(config, config.hidden_size, 1, ("embed", "labels"), rngs=rngs)
+        self.dense.bias[...] = jnp.ones_like(self.dense.bias[...])
+
+    def __call__(self, x_BLD: jax.Array, attention_mask_BL: jax.Array) -> jax.Array:
+        """Token weights [B, L] (fp32), 0 on padding."""
+        w_BL = jax.nn.relu(self.dense(x_BLD)[..., 0].astype(jnp.float32))
+        return jnp.where(attention_mask_BL > 0, w_BL, 0.0)
+
+
 class JinaBertForContrastive(_Head):
     """The encoder (with pooler, so it exports as an embedding model) plus the log-scale of a
     learned InfoNCE temperature: tau = tau0 * exp(temperature_log_scale), tau0 from the recipe,
-    so a zero init starts at the configured temperature whatever tau0 is. Training-only: not
-    an HF architecture (export its `bert` subtree as `base`)."""
+    so a zero init starts at the configured temperature whatever tau0 is; with `sparse`, the
+    sparse head too (`SparseTermWeights`, trained beside the dense embedding). Training-only:
+    not an HF architecture (export its `bert` subtree as `base`, the sparse head beside it)."""
 
-    def __init__(self, config: JinaBertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: JinaBertConfig, *, rngs: nnx.Rngs, sparse: bool = False):
         super().__init__(config, rngs=rngs)
         self.temperature_log_scale = nnx.Param(jnp.zeros((), jnp.float32))
+        if sparse:
+            self.sparse = SparseTermWeights(config, rngs=rngs)
 
     def __call__(self, input_ids_BL, attention_mask_BL=None, token_type_ids_BL=None,
                  segment_ids_BL=None, *, deterministic=True, rngs=None):
@@ -365,7 +422,10 @@ class JinaBertForContrastive(_Head):
 
 
 # Heads that only exist during training (no HF architecture, never exported as themselves).
-TRAINING_HEADS: dict[str, type[nnx.Module]] = {"contrastive": JinaBertForContrastive}
+TRAINING_HEADS: dict[str, Callable[..., nnx.Module]] = {
+    "contrastive": JinaBertForContrastive,
+    "contrastive_sparse": functools.partial(JinaBertForContrastive, sparse=True),
+}
 
 HEADS: dict[str, type[nnx.Module]] = {
     "base": JinaBertModel,

@@ -167,11 +167,11 @@ def compile_report(cfg: TrainConfig, target: Target, stage: str, *,
             shapes, loss_fn, grad_fn = pretrain_step(cfg)
             head = "masked_lm"
         else:
-            from jbert.tasks.contrastive import HEAD, gradcache_chunks
+            from jbert.tasks.contrastive import contrastive_head, gradcache_chunks
 
             shapes, loss_fn, grad_fn = contrastive_step(cfg, mesh,
                                                         gradcache_chunks(cfg) * batch_devices)
-            head = HEAD
+            head = contrastive_head(cfg.contrastive)
     step, abstract_state, plain_sh = build_train_step(cfg, mesh, tx, head, loss_fn, grad_fn)
     batch_sh = batch_sharding(mesh)
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh)

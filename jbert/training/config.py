@@ -105,6 +105,14 @@ class ContrastiveConfig:
     InfoNCE ranks, p_teacher = softmax(teacher cosines / `distill_temperature`), p_student the
     softmax of InfoNCE's logits (`jbert.tasks.contrastive.distill`); `distill_weight=0` logs
     the KL without training on it.
+
+    `sparse_weight` > 0 adds the sparse head (`jbert.model.heads.SparseTermWeights`: a weight
+    per token from its last hidden state, max-pooled into a vocabulary-sized vector per text,
+    scored by dot product, so a rare identifier the query shares counts however little the
+    dense embedding makes of it) and its own InfoNCE term, at that weight, beside the dense
+    one. Evaluation then reports `sparse` and `dense+sparse` (the model's two scores summed,
+    the dense one as its logit: cosine / temperature) beside the dense figures, and the export
+    carries the head (`sparse_head.safetensors`).
     """
 
     temperature: float = 0.05
@@ -135,6 +143,7 @@ class ContrastiveConfig:
     # logits, so the target is about as sharp as what InfoNCE pulls the student toward; at 1.0,
     # cosines in [-1, 1] would give a near-uniform target.
     distill_temperature: float = 0.05
+    sparse_weight: float = 0.0  # 0: no sparse head
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -146,7 +155,7 @@ class ContrastiveConfig:
         check_ranges("contrastive", self, {
             "temperature": "> 0", "hard_negatives": ">= 0", "chunk_size": ">= 0",
             "max_query_length": ">= 3", "max_doc_length": ">= 3", "eval_max_pairs": ">= 1",
-            "distill_weight": ">= 0", "distill_temperature": "> 0"})
+            "distill_weight": ">= 0", "distill_temperature": "> 0", "sparse_weight": ">= 0"})
         if any(d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"contrastive.matryoshka_dims={self.matryoshka_dims}: sizes must "
                              "be positive")

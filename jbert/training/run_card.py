@@ -22,11 +22,13 @@ from jbert.training.config import TrainConfig, to_json
 PROGRAMMING_LANGUAGES = ("c", "cpp", "csharp", "go", "java", "javascript", "kotlin", "php",
                          "python", "ruby", "rust", "scala", "shell", "sql", "swift",
                          "typescript")
-CONTRASTIVE_HEAD = "contrastive"
+CONTRASTIVE_HEADS = ("contrastive", "contrastive_sparse")
 # (logged system name, column title) of the retrieval table, in order; absent ones are dropped.
 RETRIEVAL_COLUMNS = (("retrieval_ndcg@10", "nDCG@10"), ("bm25_ndcg@10", "BM25 nDCG@10"),
                      ("retrieval_mrr@10", "MRR@10"), ("bm25_mrr@10", "BM25 MRR@10"),
-                     ("rrf_ndcg@10", "RRF nDCG@10"), ("linear_ndcg@10", "linear nDCG@10"))
+                     ("rrf_ndcg@10", "RRF nDCG@10"), ("linear_ndcg@10", "linear nDCG@10"),
+                     ("sparse_ndcg@10", "sparse nDCG@10"),
+                     ("dense+sparse_ndcg@10", "dense+sparse nDCG@10"))
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -39,7 +41,7 @@ def run_card(run_dir: str | Path, cfg: TrainConfig, head: str, step: int) -> Mod
     run_dir = Path(run_dir)
     summary = read_json(run_dir / "summary.json")
     data = summary.get("data", {})
-    contrastive = head == CONTRASTIVE_HEAD
+    contrastive = head in CONTRASTIVE_HEADS
     evaluation, note = (_retrieval_table(run_dir, cfg, summary, step) if contrastive
                         else _mlm_table(run_dir, summary, step))
     eval_names = sorted(data.get("eval_sets", {}))
@@ -94,10 +96,12 @@ def _hardware(summary: dict[str, Any]) -> str | None:
 def _recipe(cfg: TrainConfig, summary: dict[str, Any], head: str, step: int) -> Table:
     o, c = cfg.optim, cfg.contrastive
     rows: list[tuple[str, str]] = []
-    if head == CONTRASTIVE_HEAD:
+    if head in CONTRASTIVE_HEADS:
         loss = "InfoNCE over the global batch" + (", both directions" if c.symmetric else "")
         if c.hard_negatives:
             loss += f", {c.hard_negatives} hard negatives per pair"
+        if c.sparse_weight:
+            loss += f"; the sparse head's InfoNCE at weight {c.sparse_weight:g}"
         rows += [("stage", f"contrastive tuning ({loss})")]
     else:
         rows += [("stage", f"{head} pretraining (mask rate {cfg.data.mask_rate:g}"
@@ -106,7 +110,7 @@ def _recipe(cfg: TrainConfig, summary: dict[str, Any], head: str, step: int) -> 
                  else "random initialisation"))
     rows.append(("steps", f"{step}" + (f" (of {cfg.steps} planned)" if step != cfg.steps
                                        else "")))
-    if head == CONTRASTIVE_HEAD:
+    if head in CONTRASTIVE_HEADS:
         batch = f"{cfg.data.batch_size} pairs"
         if c.chunk_size:
             batch += f" (GradCache, chunks of {c.chunk_size})"
@@ -196,7 +200,9 @@ def _retrieval_table(run_dir: Path, cfg: TrainConfig, summary: dict[str, Any],
              if cfg.contrastive.eval_sets else "")
     note = (f"Retrieval at step {step} on the held-out pairs (repositories never seen in "
             f"training), one set per language{named}: this model (dense, cosine) against BM25 "
-            "on the same sets; RRF and linear fuse the two. The macro row averages the sets.")
+            "on the same sets; RRF and linear fuse the two. The macro row averages the sets."
+            + (" sparse: the model's sparse head alone; dense+sparse: its own score, the sum "
+               "of the two." if cfg.contrastive.sparse_weight else ""))
     return Table(("set", "queries", "documents", *(t for _, t in columns)), tuple(rows)), note
 
 

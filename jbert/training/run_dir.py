@@ -15,6 +15,7 @@ from typing import Any
 
 from jbert.errors import ConfigError, InputError
 from jbert.hf.load import load_pretrained
+from jbert.hf.sparse_head import load_sparse_head
 from jbert.model import functional, lora
 from jbert.model.heads import HEADS
 from jbert.training.checkpoint import (
@@ -53,8 +54,12 @@ def init_params_from(source: str, config, head: str) -> Any:
             # A training-only head (contrastive) starts from the export's encoder.
             hf_head = head if head in HEADS else "base"
             _, params = load_pretrained(path, head=hf_head)
-            return params if hf_head == head else functional.transplant_encoder(
-                params, config, head)
+            if hf_head == head:
+                return params
+            sparse = load_sparse_head(path, config.hidden_size)  # kept by a sparse head
+            if sparse is not None:
+                params = {"bert": params, "sparse": sparse[0]}
+            return functional.transplant_encoder(params, config, head)
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         params, _, _ = checkpoint_params(ckpt_dir, config)
     except FileNotFoundError as e:

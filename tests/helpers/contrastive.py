@@ -13,7 +13,7 @@ from jbert.data.tokenizer import save_tokenizer, train_tokenizer
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig, preset
 from jbert.ops.sharding import batch_sharding
-from jbert.tasks.contrastive import contrastive_loss_fn
+from jbert.tasks.contrastive import contrastive_head, contrastive_loss_fn
 from jbert.training.config import (
     CheckpointConfig,
     ContrastiveConfig,
@@ -97,7 +97,7 @@ def loss_and_grads(cfg, params, batch, mesh, grad_fn=None, config=None):
     if mesh is None:
         grads, sums = jax.jit(fn)(params, batch, None)
     else:
-        p_sh = param_shardings(mesh, config, "contrastive")
+        p_sh = param_shardings(mesh, config, contrastive_head(cfg))
         grads, sums = jax.jit(fn, in_shardings=(p_sh, batch_sharding(mesh), None))(
             jax.device_put(params, p_sh), jax.device_put(batch, batch_sharding(mesh)), None)
     return float(sums["loss_sum"]), jax.device_get(grads)
@@ -109,7 +109,8 @@ def assert_gradcache_equals_plain(cfg, batch, mesh_shape=None):
     from jbert.ops.sharding import make_mesh
     from jbert.tasks.contrastive import cached_grad_fn
 
-    params = functional.init_params(one_layer_config(), jax.random.key(0), "contrastive")
+    params = functional.init_params(one_layer_config(), jax.random.key(0),
+                                    contrastive_head(cfg))
     loss_ref, grads_ref = loss_and_grads(cfg, params, batch, None)
     mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
     loss, grads = loss_and_grads(cfg, params, batch, mesh,

@@ -12,11 +12,12 @@ from jbert.tasks.contrastive.loss import (
     info_nce,
     loss_sizes,
     paired_slots,
+    sparse_slot_bound,
     summarize,
     temperature,
 )
 from jbert.tasks.contrastive.task import (
-    HEAD,
+    contrastive_head,
     contrastive_step_fns,
     contrastive_task,
     gradcache_chunks,
@@ -26,8 +27,8 @@ from jbert.tasks.contrastive.task import (
 
 __all__ = [
     "GROUPS",
-    "HEAD",
     "cached_grad_fn",
+    "contrastive_head",
     "contrastive_loss_fn",
     "contrastive_step_fns",
     "contrastive_task",
@@ -37,6 +38,7 @@ __all__ = [
     "loss_sizes",
     "pair_format",
     "paired_slots",
+    "sparse_slot_bound",
     "summarize",
     "temperature",
 ]

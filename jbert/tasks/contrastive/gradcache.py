@@ -31,6 +31,9 @@ from jbert.tasks.contrastive.loss import (
 from jbert.training.config import ContrastiveConfig
 from jbert.training.step import Batch, GradFn, strided_split
 
+# The parameters the encoder pass reads: the encoder and the sparse head (when there is one).
+ENCODED = ("bert", "sparse")
+
 
 def _chunked(x_BX: jax.Array, chunks: int, mesh: Mesh | None) -> jax.Array:
     """[B, ...] -> [chunks, B / chunks, ...] by `strided_split`, pinned to the batch axes."""
@@ -45,7 +48,8 @@ def _unchunked(x_NcX: jax.Array) -> jax.Array:
 
 
 def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
-                   mesh: Mesh | None = None, chunks: int | None = None) -> GradFn:
+                   mesh: Mesh | None = None, chunks: int | None = None,
+                   sparse_slots: int | None = None) -> GradFn:
     """GradCache: the gradient of the plain loss with memory for one chunk of activations.
 
     1. embed every chunk of rows without keeping activations (lax.map);
@@ -55,7 +59,8 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
        re-run sees the same masks as step 1.
 
     `chunks` splits every group's rows in that many parts (packed batches: the pairs' global
-    batch over `chunk_size`); by default the query rows over `cfg.chunk_size`.
+    batch over `chunk_size`); by default the query rows over `cfg.chunk_size`. `sparse_slots`:
+    see `loss.batch_loss_sums`.
     """
     if cfg.chunk_size <= 0:
         raise ConfigError(f"contrastive.chunk_size={cfg.chunk_size}: GradCache needs a chunk "
@@ -63,8 +68,10 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
     loss_sizes(cfg, config.hidden_size)
 
     def grad_fn(params, batch: Batch, dropout_rng):
-        encoder = params["bert"]
-        rest = {k: v for k, v in params.items() if k != "bert"}
+        # What the encoder pass depends on (the encoder, the sparse head if any) is re-run per
+        # chunk; the rest (the temperature) only enters the loss.
+        encoder = {k: params[k] for k in ENCODED if k in params}
+        rest = {k: v for k, v in params.items() if k not in ENCODED}
         n_chunks = chunks or batch["query_ids"].shape[0] // cfg.chunk_size
         groups = batch_groups(batch)
         # Chunk c of the group with fold-in index i has dropout key fold_in(rng, i * n + c).
@@ -72,14 +79,15 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
                       jnp.arange(n_chunks) + i * n_chunks) for k, i in groups}
 
         def embed_chunk(enc, k, rows, index):
-            return embed_rows(config, {"bert": enc}, rows, group_segments(batch, k),
+            return embed_rows(config, enc, rows, group_segments(batch, k),
                               dropout_key(dropout_rng, index))
 
-        emb = {k: _unchunked(lax.map(lambda xs, k=k: embed_chunk(encoder, k, *xs), inputs[k]))
+        emb = {k: jax.tree.map(_unchunked, lax.map(
+                   lambda xs, k=k: embed_chunk(encoder, k, *xs), inputs[k]))
                for k, _ in groups}
 
         def loss_of_embeddings(emb, rest):
-            sums = batch_loss_sums(emb, batch, temperature(cfg, rest), cfg, mesh)
+            sums = batch_loss_sums(emb, batch, temperature(cfg, rest), cfg, mesh, sparse_slots)
             return sums["loss_sum"], sums
 
         (_, sums), (g_emb, g_rest) = jax.value_and_grad(
@@ -94,9 +102,9 @@ def cached_grad_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
 
         g_encoder = jax.tree.map(jnp.zeros_like, encoder)
         for k, _ in groups:
-            g_encoder, _ = lax.scan(backward(k), g_encoder,
-                                    (*inputs[k], _chunked(g_emb[k], n_chunks, mesh)))
+            g_chunks = jax.tree.map(lambda g: _chunked(g, n_chunks, mesh), g_emb[k])
+            g_encoder, _ = lax.scan(backward(k), g_encoder, (*inputs[k], g_chunks))
         sums["tokens"] = batch_tokens(batch)
-        return {**g_rest, "bert": g_encoder}, sums
+        return {**g_rest, **g_encoder}, sums
 
     return grad_fn

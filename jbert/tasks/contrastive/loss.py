@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -30,14 +31,12 @@ from jbert.data.pair_rows import DOC, QUERY
 from jbert.errors import ConfigError
 from jbert.model import functional
 from jbert.model.config import JinaBertConfig
-from jbert.model.heads import l2_normalize
+from jbert.model.heads import contrastive_temperature, l2_normalize
 from jbert.ops.sharding import BATCH_AXES
 from jbert.tasks.contrastive.distill import Teacher, batch_teacher, kl_sum, teacher_logits
 from jbert.training.config import ContrastiveConfig
 from jbert.training.step import Batch, LossFn
 
-# A learned temperature is kept in [MIN, MAX]: near zero the logits and gradients explode.
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.005, 1.0
 # (batch key prefix, dropout fold-in index) in the order they are embedded: a group's dropout
 # key is fold_in(rng, index), so GradCache's re-run (and a test) can rebuild it.
 GROUPS = (("query", 0), ("doc", 1), ("neg", 2), ("text", 3))
@@ -48,10 +47,7 @@ Slots = tuple[jax.Array, jax.Array]
 
 def temperature(cfg: ContrastiveConfig, params: Any) -> jax.Array:
     """The InfoNCE temperature: fixed, or `cfg.temperature * exp(learned log-scale)`."""
-    if not cfg.learn_temperature:
-        return jnp.asarray(cfg.temperature, jnp.float32)
-    tau = cfg.temperature * jnp.exp(params["temperature_log_scale"].astype(jnp.float32))
-    return jnp.clip(tau, MIN_TEMPERATURE, MAX_TEMPERATURE)
+    return contrastive_temperature(cfg.temperature, params if cfg.learn_temperature else None)
 
 
 def loss_sizes(cfg: ContrastiveConfig, width: int) -> tuple[tuple[int, float], ...]:
@@ -225,10 +221,13 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Logged means: loss (and each Matryoshka size's, `loss_dim128`), in-batch accuracy,
     similarity of positives and of negatives (mean and the hardest per query), the
     temperature; with a teacher, the KL to it and InfoNCE alone (`distill_loss`,
-    `info_nce_loss`)."""
+    `info_nce_loss`); with the sparse head, its InfoNCE and in-batch accuracy
+    (`sparse_loss`, `sparse_accuracy`)."""
     count = max(sums.get("count", 1.0), 1.0)
     per_size = {k.removesuffix("_sum"): v / count for k, v in sums.items()
-                if k.startswith(("loss_dim", "distill_loss", "info_nce_loss"))}
+                if k.startswith(("loss_dim", "distill_loss", "info_nce_loss", "sparse_loss"))}
+    if "sparse_correct" in sums:
+        per_size["sparse_accuracy"] = sums["sparse_correct"] / count
     return per_size | {
         "loss": sums["loss_sum"] / count,
         "accuracy": sums["correct"] / count,
@@ -259,11 +258,12 @@ def group_segments(batch: Batch, key: str) -> int:
 
 def embed_rows(config: JinaBertConfig, params: Any,
                rows: tuple[jax.Array, jax.Array, jax.Array | None], segments: int,
-               rng: jax.Array | None) -> jax.Array:
-    """Embeddings [B, D] of `group_rows`, or [B, S, D] for packed rows (S `segments`)."""
+               rng: jax.Array | None) -> dict[str, jax.Array]:
+    """Representations of `group_rows` (`functional.encode`): `dense` [B, D], and `sparse`
+    [B, V] when `params` carry the sparse head; [B, S, ...] for packed rows (S `segments`)."""
     ids_BL, mask_BL, segment_ids_BL = rows
-    return functional.embed(config, params, ids_BL, mask_BL, None, segment_ids_BL,
-                            num_segments=segments, dropout_rng=rng)
+    return functional.encode(config, params, ids_BL, mask_BL, None, segment_ids_BL,
+                             num_segments=segments, dropout_rng=rng)
 
 
 def dropout_key(rng: jax.Array | None, index: int | jax.Array) -> jax.Array | None:
@@ -274,35 +274,65 @@ def batch_tokens(batch: Batch) -> jax.Array:
     return sum(jnp.sum(batch[f"{k}_mask"]) for k, _ in batch_groups(batch))
 
 
-def batch_loss_sums(emb: dict[str, jax.Array], batch: Batch, tau: jax.Array,
-                    cfg: ContrastiveConfig, mesh: Mesh | None) -> dict[str, jax.Array]:
-    """InfoNCE of a batch's embeddings per group, and the KL to the teacher's scores when the
-    batch carries a teacher's embeddings (`distill.batch_teacher`). Packed rows ([R, S, D]
-    under `text`) are slots: the query slots score against the document and negative slots,
-    matched by pair id."""
-    width = next(iter(emb.values())).shape[-1]
-    if "text" in emb:
-        slots_XD = emb["text"].reshape(-1, width)
-        pair_X, role_X = batch["text_pair"].reshape(-1), batch["text_role"].reshape(-1)
-        queries = (slots_XD, jnp.where(role_X == QUERY, pair_X, -1))
-        candidates = {"doc": (slots_XD, jnp.where(role_X >= DOC, pair_X, -1))}
-    else:
-        queries, candidates = paired_slots(emb["query"], emb["doc"], emb.get("neg"))
-    return info_nce(queries, candidates, tau, symmetric=cfg.symmetric, mesh=mesh,
-                    sizes=loss_sizes(cfg, width), teacher=batch_teacher(batch),
+def batch_slots(emb: dict[str, dict[str, jax.Array]], batch: Batch, key: str,
+                max_slots: int | None = None) -> tuple[Slots, dict[str, Slots]]:
+    """`info_nce`'s slots of one representation (`key`: dense or sparse) of a batch's groups.
+    Packed rows ([R, S, X] under `text`) are slots: the query slots score against the
+    document and negative slots, matched by pair id. With `max_slots` (at least the texts the
+    batch can hold), packed slots are first compacted to that many, the filled ones first:
+    R * S slots are mostly empty, and the [slots, slots] scores of vocabulary-sized vectors
+    would cost what the encoder does."""
+    if "text" not in emb:
+        neg = emb["neg"][key] if "neg" in emb else None
+        return paired_slots(emb["query"][key], emb["doc"][key], neg)
+    x_RSX = emb["text"][key]
+    slots_NX = x_RSX.reshape(-1, x_RSX.shape[-1])
+    pair_N, role_N = batch["text_pair"].reshape(-1), batch["text_role"].reshape(-1)
+    if max_slots is not None and max_slots < pair_N.shape[0]:
+        filled_K = jnp.argsort(pair_N < 0, stable=True)[:max_slots]
+        slots_NX, pair_N, role_N = slots_NX[filled_K], pair_N[filled_K], role_N[filled_K]
+    return ((slots_NX, jnp.where(role_N == QUERY, pair_N, -1)),
+            {"doc": (slots_NX, jnp.where(role_N >= DOC, pair_N, -1))})
+
+
+def sparse_slot_bound(texts: int, mesh: Mesh | None) -> int:
+    """`batch_slots`' `max_slots` for batches of at most `texts` texts: rounded up to a
+    multiple of the batch devices, whose shard_map splits the slots evenly."""
+    devices = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    return -(-texts // devices) * devices
+
+
+def batch_loss_sums(emb: dict[str, dict[str, jax.Array]], batch: Batch, tau: jax.Array,
+                    cfg: ContrastiveConfig, mesh: Mesh | None, sparse_slots: int | None = None
+                    ) -> dict[str, jax.Array]:
+    """InfoNCE of a batch's representations per group (`embed_rows`'s), and the KL to the
+    teacher's scores when the batch carries a teacher's embeddings (`distill.batch_teacher`).
+    With sparse vectors, their own InfoNCE (logits: the dot products, no temperature: the head
+    learns its scale) joins the loss at `cfg.sparse_weight`, logged as `sparse_loss_sum` and
+    `sparse_correct`; packed, over `sparse_slots` compacted slots (`batch_slots`)."""
+    width = next(iter(emb.values()))["dense"].shape[-1]
+    sums = info_nce(*batch_slots(emb, batch, "dense"), tau, symmetric=cfg.symmetric,
+                    mesh=mesh, sizes=loss_sizes(cfg, width), teacher=batch_teacher(batch),
                     distill_weight=cfg.distill_weight,
                     distill_temperature=cfg.distill_temperature)
+    if "sparse" in next(iter(emb.values())):
+        sparse = info_nce(*batch_slots(emb, batch, "sparse", sparse_slots),
+                          jnp.ones((), jnp.float32), symmetric=cfg.symmetric, mesh=mesh)
+        sums["loss_sum"] = sums["loss_sum"] + cfg.sparse_weight * sparse["loss_sum"]
+        sums |= {"sparse_loss_sum": sparse["loss_sum"], "sparse_correct": sparse["correct"]}
+    return sums
 
 
 def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
-                        mesh: Mesh | None = None) -> LossFn:
-    """The plain step's loss: embed queries, positives and negatives, InfoNCE over the batch."""
+                        mesh: Mesh | None = None, sparse_slots: int | None = None) -> LossFn:
+    """The plain step's loss: embed queries, positives and negatives, InfoNCE over the batch
+    (`sparse_slots`: see `batch_loss_sums`)."""
     loss_sizes(cfg, config.hidden_size)  # refuse sizes wider than the model before tracing
 
     def loss(params, batch: Batch, dropout_rng):
         emb = {k: embed_rows(config, params, group_rows(batch, k), group_segments(batch, k),
                              dropout_key(dropout_rng, i)) for k, i in batch_groups(batch)}
-        sums = batch_loss_sums(emb, batch, temperature(cfg, params), cfg, mesh)
+        sums = batch_loss_sums(emb, batch, temperature(cfg, params), cfg, mesh, sparse_slots)
         sums["tokens"] = batch_tokens(batch)
         return sums["loss_sum"], sums
 

@@ -24,14 +24,18 @@ from jbert.errors import ConfigError, InputError
 from jbert.evaluation.beir import pairs_to_sets
 from jbert.evaluation.retrieval import SetEvaluator, logged_metrics, named_evaluators
 from jbert.tasks.contrastive.gradcache import cached_grad_fn
-from jbert.tasks.contrastive.loss import contrastive_loss_fn, summarize
+from jbert.tasks.contrastive.loss import contrastive_loss_fn, sparse_slot_bound, summarize
 from jbert.tasks.mining import cached_bm25_negatives
 from jbert.training.config import ContrastiveConfig, TrainConfig
+from jbert.training.export import dense_scale
 from jbert.training.flops import encoder_flops_per_token
 from jbert.training.step import GradFn, LossFn
 from jbert.training.trainer import Task
 
-HEAD = "contrastive"
+
+def contrastive_head(c: ContrastiveConfig) -> str:
+    """The head a contrastive run trains: with the sparse head when `sparse_weight` > 0."""
+    return "contrastive_sparse" if c.sparse_weight > 0 else "contrastive"
 
 
 def pair_format(c: ContrastiveConfig) -> PairFormat:
@@ -103,8 +107,11 @@ def contrastive_step_fns(cfg: TrainConfig, mesh: Mesh | None = None
     mean_len = (c.max_query_length + (1 + c.hard_negatives) * c.max_doc_length) / (
         2 + c.hard_negatives)
     recompute = 4 / 3 if c.chunk_size else 1.0  # GradCache runs every forward twice
-    return (contrastive_loss_fn(cfg.model, c, mesh),
-            cached_grad_fn(cfg.model, c, mesh, chunks) if c.chunk_size else None,
+    # Packed sparse vectors are scored over as many slots as a batch has texts at most.
+    slots = (sparse_slot_bound(cfg.data.batch_size * (2 + c.hard_negatives), mesh)
+             if c.pack and c.sparse_weight else None)
+    return (contrastive_loss_fn(cfg.model, c, mesh, slots),
+            cached_grad_fn(cfg.model, c, mesh, chunks, slots) if c.chunk_size else None,
             recompute * encoder_flops_per_token(cfg.model, int(mean_len)))
 
 
@@ -165,12 +172,17 @@ def contrastive_task(cfg: TrainConfig, mesh: Mesh | None = None) -> tuple[Any, d
         return tokenized
 
     def evaluate(params) -> dict[str, float]:
+        # The model's own score weighs the dense cosine by 1 / the temperature it has now.
+        scale = dense_scale(c, params) if c.sparse_weight else 1.0
+        for ev in (evaluator, *named.values()):
+            if ev.embedder is not None:
+                ev.embedder.dense_scale = scale
         out = logged_metrics(evaluator(params, linear=False)) if sets else {}
         for name, ev in named.items():  # one set (a BEIR dir): its macro keys say it all
             out.update(logged_metrics(ev(params, linear=False), f"{name}/", len(ev.sets) > 1))
         return out
 
-    task = Task(head=HEAD, loss_fn=loss_fn, train_data=train_data, evaluate=evaluate,
+    task = Task(head=contrastive_head(c), loss_fn=loss_fn, train_data=train_data, evaluate=evaluate,
                 summarize=summarize, grad_fn=grad_fn, flops_per_token=flops_per_token)
     facts = {"data_dir": str(root), "train_pairs": {k: len(v) for k, v in sources.items()},
              "eval_sets": bm25["sizes"], **logged_metrics(bm25)}
