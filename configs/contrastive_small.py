@@ -25,6 +25,8 @@ Args:  `:hardneg` the hard-negative pass; `:matryoshka` / `:single-size` contras
        smaller sizes keep of the full size's nDCG@10, and the times: docs/results.md, "Matryoshka
        sizes and packed batches"); `:smoke` 10 steps (tests). `data=DIR` (e.g. `:hardneg,data=DIR`)
        reads the build in DIR instead of artifacts/data, and `:hardneg` its DIR/pairs-mined.
+       `:sparse` is `:single-size` with the sparse head beside the dense embedding
+       (`contrastive.sparse_weight=1`; its figures: docs/results.md, the top section).
        `:distill` is the first stage with a teacher's in-batch scores distilled into it
        (InfoNCE + KL to the teacher, weight 1, teacher temperature 0.05), read from
        `teacher=DIR` (default DATA/teacher), which this writes (the baselines extra; not yet
@@ -41,7 +43,7 @@ from configs._contrastive import contrastive_stage
 from jbert.training.config import TrainConfig, replace_paths
 
 
-def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke",
+def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "sparse", "smoke",
                                  "distill"] | None = None,
                *, data: str = "artifacts/data", teacher: str = "") -> TrainConfig:
     config = contrastive_stage(pretrain_small.get_config(data=data), {
@@ -67,6 +69,8 @@ def get_config(variant: Literal["hardneg", "matryoshka", "single-size", "smoke",
         "matryoshka": {**measurement, "workdir": "runs/contrastive-small-matryoshka",
                        "contrastive.matryoshka_dims": (256, 128, 64, 32)},
         "single-size": {**measurement, "workdir": "runs/contrastive-small-single-size"},
+        "sparse": {**measurement, "workdir": "runs/contrastive-small-sparse",
+                   "contrastive.sparse_weight": 1.0},
         "smoke": {"steps": 10, "log_every": 5, "eval_every": 5},
         "distill": {"workdir": "runs/contrastive-small-distill",
                     "contrastive.teacher": teacher or f"{data}/teacher"},
