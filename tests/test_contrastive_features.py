@@ -33,6 +33,7 @@ from jbert.model import functional
 from jbert.ops.sharding import batch_sharding, make_mesh
 from jbert.tasks.contrastive import (
     cached_grad_fn,
+    contrastive_loss_fn,
     info_nce,
     loss_sizes,
     pair_format,
@@ -204,11 +205,14 @@ def test_packed_batch_on_a_mesh_with_gradcache_gives_the_padded_gradients(tokeni
     assert_trees_close(grads, grads_ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("gradcache", [True, False], ids=["gradcache", "plain"])
 @pytest.mark.parametrize("mesh_shape", [
     None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
-def test_packed_sparse_slots_compacted_give_the_padded_loss_and_gradients(tokenizer, mesh_shape):
-    """The sparse head's packed slots, compacted to the batch's texts before scoring, give the
-    padded loss and gradients, under GradCache, on one device and on a 2x4 mesh."""
+def test_packed_sparse_slots_compacted_give_the_padded_loss_and_gradients(tokenizer, mesh_shape,
+                                                                         gradcache):
+    """The sparse head's packed slots, compacted to the batch's texts before scoring (the
+    plain step pools them compact, GradCache compacts its chunks' slots), give the padded loss
+    and gradients, on one device and on a 2x4 mesh."""
     config = one_layer_config()
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=2, chunk_size=8,
                             learn_temperature=True, max_query_length=16, max_doc_length=32,
@@ -219,8 +223,10 @@ def test_packed_sparse_slots_compacted_give_the_padded_loss_and_gradients(tokeni
     mesh = None if mesh_shape is None else make_mesh(**mesh_shape)
     slots = sparse_slot_bound(B * (2 + cfg.hard_negatives), mesh)
     assert slots < packed["text_pair"].size  # the compaction drops empty slots
-    loss, grads = loss_and_grads(cfg, params, packed, mesh, grad_fn=cached_grad_fn(
-        config, cfg, mesh, chunks=B // 8, sparse_slots=slots))
+    grad_fn = (cached_grad_fn(config, cfg, mesh, chunks=B // 8, sparse_slots=slots)
+               if gradcache else jax.grad(contrastive_loss_fn(config, cfg, mesh, slots),
+                                          has_aux=True))
+    loss, grads = loss_and_grads(cfg, params, packed, mesh, grad_fn=grad_fn)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
     assert_trees_close(grads, grads_ref, atol=2e-5)
 

@@ -62,6 +62,15 @@ def test_vocab_max_pool_matches_numpy_for_rows_and_packed_texts():
             at = segments[r] == s
             want = numpy_max_pool(weights[r:r + 1, at], ids[r:r + 1, at], 6)[0]
             np.testing.assert_array_equal(got[r, s - 1], want, err_msg=f"row {r} text {s}")
+    # Compact: the texts in row order (row 0's two, row 1's, row 2's), past `max_texts` dropped.
+    for max_texts in (6, 3):
+        compact = np.asarray(vocab_max_pool(jnp.asarray(weights * (segments > 0)),
+                                            jnp.asarray(ids), jnp.asarray(segments), 6,
+                                            num_segments=2, max_texts=max_texts))
+        in_order = [got[0, 0], got[0, 1], got[1, 0], got[2, 0]][:max_texts]
+        assert compact.shape == (max_texts, 6)
+        np.testing.assert_array_equal(compact[:len(in_order)], np.stack(in_order))
+        assert not compact[len(in_order):].any()
 
 
 def test_sparse_head_starts_counting_every_token_once_and_packed_texts_equal_alone():

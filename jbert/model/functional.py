@@ -137,11 +137,12 @@ def sparse_head(params: Params) -> Params | None:
 def encode(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
            attention_mask_BL: jax.Array, token_type_ids_BL: jax.Array | None = None,
            segment_ids_BL: jax.Array | None = None, *, num_segments: int = 1,
-           dropout_rng: jax.Array | None = None, normalize: bool = True
-           ) -> dict[str, jax.Array]:
+           dropout_rng: jax.Array | None = None, normalize: bool = True,
+           sparse_texts: int | None = None) -> dict[str, jax.Array]:
     """One encoder pass, every representation the model has: `dense` (`embed`'s) and, when
     `params` carry a sparse head (`sparse_head`), `sparse`, each text's vocabulary-sized vector
-    of token weights ([B, V] or [B, S, V] packed; `heads.vocab_max_pool`)."""
+    of token weights ([B, V] or [B, S, V] packed, or [sparse_texts, V] packed in row order;
+    `heads.vocab_max_pool`)."""
     encoder, head = encoder_params(params), sparse_head(params)
     out = apply(config, encoder, input_ids_BL, attention_mask_BL, token_type_ids_BL,
                 segment_ids_BL, head=encoder_head(encoder), dropout_rng=dropout_rng)
@@ -154,7 +155,7 @@ def encode(config: JinaBertConfig, params: Params, input_ids_BL: jax.Array,
     if head is not None:
         weights_BL = nnx.merge(_sparse_graph(config), head)(x_BLD, attention_mask_BL)
         result["sparse"] = vocab_max_pool(weights_BL, input_ids_BL, segment_ids_BL,
-                                          config.vocab_size, num_segments)
+                                          config.vocab_size, num_segments, sparse_texts)
     return result
 
 

@@ -52,14 +52,25 @@ def l2_normalize(x_BD: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def vocab_max_pool(weights_BL: jax.Array, input_ids_BL: jax.Array,
                    segment_ids_BL: jax.Array | None, vocab_size: int,
-                   num_segments: int = 1) -> jax.Array:
+                   num_segments: int = 1, max_texts: int | None = None) -> jax.Array:
     """Sparse vectors: per text, each vocabulary entry's largest weight among its tokens, 0 for
     tokens it lacks, in fp32: [B, V], or [B, S, V] with `segment_ids_BL` (packed texts 1..S;
-    0 on padding). Weights must be >= 0 and 0 where there is no text (the max starts at 0)."""
+    0 on padding). Weights must be >= 0 and 0 where there is no text (the max starts at 0).
+
+    Packed, `max_texts` gives [max_texts, V] instead: the texts in row order (row r's text s
+    at the number of texts in the rows before r, plus s - 1), those past `max_texts` dropped,
+    rows past the last text zero. Most of the B * S slots are empty, and vocabulary-sized
+    vectors of them all would cost what the encoder does."""
     b, _ = input_ids_BL.shape
     if segment_ids_BL is None:
         slot_BL = jnp.broadcast_to(jnp.arange(b)[:, None], input_ids_BL.shape)
         slots = b
+    elif max_texts is not None:
+        texts_B = jnp.max(segment_ids_BL, axis=1)
+        first_B = jnp.cumsum(texts_B) - texts_B
+        slots = max_texts
+        slot_BL = jnp.where(segment_ids_BL > 0,
+                            jnp.minimum(first_B[:, None] + segment_ids_BL - 1, slots), slots)
     else:
         slots = b * num_segments
         # padding (segment 0) goes to a slot past the end, sliced off below
@@ -67,8 +78,9 @@ def vocab_max_pool(weights_BL: jax.Array, input_ids_BL: jax.Array,
                             jnp.arange(b)[:, None] * num_segments + segment_ids_BL - 1, slots)
     pooled_XV = jnp.zeros((slots + 1, vocab_size), jnp.float32).at[slot_BL, input_ids_BL].max(
         weights_BL.astype(jnp.float32))[:slots]
-    return pooled_XV if segment_ids_BL is None else pooled_XV.reshape(b, num_segments,
-                                                                      vocab_size)
+    if segment_ids_BL is None or max_texts is not None:
+        return pooled_XV
+    return pooled_XV.reshape(b, num_segments, vocab_size)
 
 
 # -- the BERT prediction heads (`cls.*`) ----------------------------------------------------

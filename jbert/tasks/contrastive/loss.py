@@ -258,12 +258,16 @@ def group_segments(batch: Batch, key: str) -> int:
 
 def embed_rows(config: JinaBertConfig, params: Any,
                rows: tuple[jax.Array, jax.Array, jax.Array | None], segments: int,
-               rng: jax.Array | None) -> dict[str, jax.Array]:
+               rng: jax.Array | None, sparse_texts: int | None = None) -> dict[str, jax.Array]:
     """Representations of `group_rows` (`functional.encode`): `dense` [B, D], and `sparse`
-    [B, V] when `params` carry the sparse head; [B, S, ...] for packed rows (S `segments`)."""
+    [B, V] when `params` carry the sparse head; [B, S, ...] for packed rows (S `segments`),
+    their sparse vectors [sparse_texts, V] in row order when that is fewer than the slots."""
     ids_BL, mask_BL, segment_ids_BL = rows
+    if segment_ids_BL is None or (sparse_texts or ids_BL.shape[0] * segments) >= (
+            ids_BL.shape[0] * segments):
+        sparse_texts = None
     return functional.encode(config, params, ids_BL, mask_BL, None, segment_ids_BL,
-                             num_segments=segments, dropout_rng=rng)
+                             num_segments=segments, dropout_rng=rng, sparse_texts=sparse_texts)
 
 
 def dropout_key(rng: jax.Array | None, index: int | jax.Array) -> jax.Array | None:
@@ -281,16 +285,22 @@ def batch_slots(emb: dict[str, dict[str, jax.Array]], batch: Batch, key: str,
     document and negative slots, matched by pair id. With `max_slots` (at least the texts the
     batch can hold), packed slots are first compacted to that many, the filled ones first:
     R * S slots are mostly empty, and the [slots, slots] scores of vocabulary-sized vectors
-    would cost what the encoder does."""
+    would cost what the encoder does. Sparse vectors pooled compact already ([K, V], texts in
+    row order: `embed_rows` with `sparse_texts`) get their slots' ids the same way."""
     if "text" not in emb:
         neg = emb["neg"][key] if "neg" in emb else None
         return paired_slots(emb["query"][key], emb["doc"][key], neg)
-    x_RSX = emb["text"][key]
-    slots_NX = x_RSX.reshape(-1, x_RSX.shape[-1])
+    x = emb["text"][key]
     pair_N, role_N = batch["text_pair"].reshape(-1), batch["text_role"].reshape(-1)
+    # Already [K, X] in row order (`embed_rows` with `sparse_texts`), or [R, S, X] to compact.
+    slots_NX = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    max_slots = x.shape[0] if x.ndim == 2 else max_slots
     if max_slots is not None and max_slots < pair_N.shape[0]:
+        # The filled slots in row order: each row's texts come first in it.
         filled_K = jnp.argsort(pair_N < 0, stable=True)[:max_slots]
-        slots_NX, pair_N, role_N = slots_NX[filled_K], pair_N[filled_K], role_N[filled_K]
+        pair_N, role_N = pair_N[filled_K], role_N[filled_K]
+        if x.ndim == 3:
+            slots_NX = slots_NX[filled_K]
     return ((slots_NX, jnp.where(role_N == QUERY, pair_N, -1)),
             {"doc": (slots_NX, jnp.where(role_N >= DOC, pair_N, -1))})
 
@@ -331,7 +341,8 @@ def contrastive_loss_fn(config: JinaBertConfig, cfg: ContrastiveConfig,
 
     def loss(params, batch: Batch, dropout_rng):
         emb = {k: embed_rows(config, params, group_rows(batch, k), group_segments(batch, k),
-                             dropout_key(dropout_rng, i)) for k, i in batch_groups(batch)}
+                             dropout_key(dropout_rng, i), sparse_slots)
+               for k, i in batch_groups(batch)}
         sums = batch_loss_sums(emb, batch, temperature(cfg, params), cfg, mesh, sparse_slots)
         sums["tokens"] = batch_tokens(batch)
         return sums["loss_sum"], sums
