@@ -96,8 +96,10 @@ def test_loss_and_grads_on_2x4_mesh_equal_single_device(variant):
     assert np.abs(grads_1["bert"]["embeddings"]["word_embeddings"]["embedding"]).max() > 0
 
 
-@pytest.mark.parametrize("mesh_shape", [
-    None, pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow)], ids=["1dev", "2x4"])
+# Slow: the quick suite keeps GradCache against the plain step in
+# test_contrastive_features.py's packed sparse test (negatives, learned temperature).
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_shape", [None, dict(data=2, fsdp=4)], ids=["1dev", "2x4"])
 def test_gradcache_equals_plain_gradient(mesh_shape):
     cfg = ContrastiveConfig(temperature=0.1, symmetric=True, hard_negatives=NEG,
                             learn_temperature=True, chunk_size=8)

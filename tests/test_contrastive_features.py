@@ -169,12 +169,12 @@ def _size(batch, what):
                for k in batch if k.endswith("_mask"))
 
 
+# Slow: the quick suite keeps packed against padded in the packed sparse test below.
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
-    dict(),
-    pytest.param(dict(symmetric=True, hard_negatives=2, matryoshka_dims=(32, 8)),
-                 marks=pytest.mark.slow),
+    dict(), dict(symmetric=True, hard_negatives=2, matryoshka_dims=(32, 8)),
 ], ids=["plain", "symmetric+negatives+matryoshka"])
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("processes", [1, 2])
 def test_packed_batch_gives_the_padded_loss_and_gradients(tokenizer, variant, processes):
     config = one_layer_config()
     cfg = ContrastiveConfig(temperature=0.1, max_query_length=48, max_doc_length=256, **variant)
