@@ -237,3 +237,21 @@ def test_an_unknown_key_in_a_sparse_file_is_an_input_error_not_a_crash(tmp_path)
     save_file({"weight": np.zeros((1, 32), np.float32)}, str(tmp_path / SPARSE_HEAD_FILE))
     with pytest.raises((CheckpointError, InputError, ConfigError), match="expected"):
         load_sparse_head(tmp_path, 32)
+
+
+def test_the_notebooks_report_shows_the_head_and_the_models_own_score(tmp_path):
+    from jbert.analysis.diagnostics import retrieval_report
+    from jbert.data.pair_batches import load_pairs
+    from jbert.data.tokenizer import load_tokenizer
+    from jbert.evaluation.embedder import Embedder
+
+    data = make_data_dir(tmp_path / "data")
+    config = one_layer_config(vocab_size=320)
+    params = functional.init_params(config, jax.random.key(0), HEAD)
+    embedder = Embedder(config, params, load_tokenizer(data / "tokenizer"), max_length=32,
+                        dense_scale=10.0)
+    report = retrieval_report(embedder, load_pairs(data / "pairs", "test"),
+                              max_query_length=16, max_doc_length=24, model_name="m")
+    assert {"m", "m (sparse head)", "m (dense + sparse)", "BM25"} <= set(report.metrics)
+    for per_system in report.per_language.values():
+        assert "m (dense + sparse)" in per_system

@@ -25,7 +25,8 @@ from jbert.training.config import did_you_mean
 CURVES = ("loss", "eval_loss", "retrieval_ndcg@10")
 # The table's columns, those any final eval has; `--metrics` may name more.
 TABLE = ("eval_loss", "eval_accuracy", "retrieval_ndcg@10", "retrieval_mrr@10",
-         "retrieval_recall@1", "retrieval_recall@10", "rrf_ndcg@10", "bm25_ndcg@10")
+         "retrieval_recall@1", "retrieval_recall@10", "rrf_ndcg@10", "bm25_ndcg@10",
+         "sparse_ndcg@10", "dense+sparse_ndcg@10")
 
 Records = list[dict[str, Any]]
 

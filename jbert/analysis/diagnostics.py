@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from jbert.evaluation.beir import RetrievalSet, pairs_to_sets
-from jbert.evaluation.retrieval import SYSTEMS, SetEvaluator
+from jbert.evaluation.retrieval import DENSE_SPARSE, SPARSE, SYSTEMS, SetEvaluator
 
 
 @dataclasses.dataclass
@@ -53,19 +53,29 @@ def retrieval_report(embedder: Any, pairs: Sequence[dict], *,
                      model_name: str = "model") -> RetrievalReport:
     """Scores the held-out pairs (one set per language, `beir.pairs_to_sets`) with the
     encoder (an `Embedder`, e.g. `Embedder.from_pretrained(path)`, whose "query" and
-    "document" prompts apply), BM25 and their fusion, and gathers what the plots show;
-    `metrics` are macro averages over the languages."""
+    "document" prompts apply), BM25 and their fusion (and with a sparse head, the head and the
+    model's own score), and gathers what the plots show; `metrics` are macro averages over the
+    languages; the similarities are the dense cosines."""
     sets = pairs_to_sets(pairs, max_queries)
     evaluator = SetEvaluator(embedder.config, embedder.tokenizer, sets,
                              max_query_length=max_query_length, max_doc_length=max_doc_length,
                              bm25=bm25, query_prompt=embedder.prompts.get("query", ""),
                              doc_prompt=embedder.prompts.get("document", ""))
-    dense = evaluator.dense_scores(embedder.params)
+    evaluator.embedder.dense_scale = embedder.dense_scale
+    reps = evaluator.representations(embedder.model_params)
+    dense = [q_QD @ d_ND.T for q_QD, d_ND in (r["dense"] for r in reps)]
     names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
              "linear": "hybrid (linear)"}
-    result = evaluator.results(dense)
+    extra = {}
+    if embedder.has_sparse:  # the model's sparse head, and its own score (dense + sparse)
+        sparse = [q_QV @ d_NV.T for q_QV, d_NV in (r["sparse"] for r in reps)]
+        extra = {SPARSE: sparse, DENSE_SPARSE: [embedder.score(d, s) for d, s in
+                                                zip(dense, sparse, strict=True)]}
+        names |= {SPARSE: f"{model_name} (sparse head)",
+                  DENSE_SPARSE: f"{model_name} (dense + sparse)"}
+    result = evaluator.results(dense, baselines=extra)
     metrics = {names[s]: m for s, m in result["macro"].items()}
-    per_language = {lang: {names[s]: r[s] for s in SYSTEMS if s in r}
+    per_language = {lang: {names[s]: r[s] for s in (*SYSTEMS, *extra) if s in r}
                     for lang, r in result["sets"].items()}
     counts = {rs.name: len(rs.queries) for rs in sets}
     splits = [similarity_split(d, rs) for d, rs in zip(dense, sets, strict=True)]
