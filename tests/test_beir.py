@@ -140,9 +140,9 @@ def test_set_evaluator_matches_encode_and_compiles_once():
     compiled = []  # new compilations of each evaluation (embedders of a config share them)
     for seed in (0, 1):
         params = functional.init_params(config, jax.random.key(seed), "base")
-        before = evaluator.embedder._embed._cache_size()
+        before = evaluator.embedder._encode._cache_size()
         out = evaluator(params)
-        compiled.append(evaluator.embedder._embed._cache_size() - before)
+        compiled.append(evaluator.embedder._encode._cache_size() - before)
         embedder = Embedder(config, params, tok, max_length=32)
         q = embedder.encode(sets[0].queries, max_length=16)
         d = embedder.encode(sets[0].docs, max_length=32)
@@ -152,6 +152,6 @@ def test_set_evaluator_matches_encode_and_compiles_once():
         assert out["sets"]["python"]["rrf"] == set_metrics(rrf_scores(q @ d.T, bm25), sets[0])
     # two shapes (queries, documents) at most for the first params, none for the second
     assert compiled[0] <= 2 and compiled[1] == 0
-    before = evaluator.embedder._embed._cache_size()
+    before = evaluator.embedder._encode._cache_size()
     SetEvaluator(config, tok, sets, max_query_length=16, max_doc_length=32)(params)
-    assert evaluator.embedder._embed._cache_size() == before  # another evaluator: no compile
+    assert evaluator.embedder._encode._cache_size() == before  # another evaluator: no compile

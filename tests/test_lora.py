@@ -294,7 +294,7 @@ def test_contrastive_lora_with_gradcache_trains_and_exports(base_dir, tmp_path):
     assert "LoRA rank 4 on query, value, mlp_in, mlp_out" in summary["origin"]
     loaded_config, loaded = load_pretrained(summary["export"], head="base")
     _, run_params, head, _ = load_run_params(tmp_path / "run")
-    assert head == "contrastive"
+    assert head == "contrastive_sparse"  # the tiny recipe trains the sparse head too
     ids = np.array([[5, 9, 33, 7, 4, 100]], np.int32)
     np.testing.assert_allclose(functional.forward(loaded_config, loaded, ids),
                                functional.forward(config, run_params, ids), atol=1e-5)

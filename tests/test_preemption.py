@@ -220,8 +220,10 @@ def test_contrastive_run_with_packing_gradcache_and_lora_resumes_bitwise_after_s
     reference, workdir = tmp_path / "reference", tmp_path / "signalled"
     codes, outs, _ = _run(commands(reference), devices=devices)
     assert codes == [0] * processes, outs[0][-3000:]
-    # The step's log line comes one step late: the signal lands in step 4 or 5.
-    codes, outs, took = _run(commands(workdir), "[contrastive] step 3/", 0.05, devices=devices)
+    # The step's log line comes one step late: the signal lands in step 4 or 5. (The tiny
+    # recipe trains the sparse head: its lines carry that head's name.)
+    codes, outs, took = _run(commands(workdir), "[contrastive_sparse] step 3/", 0.05,
+                             devices=devices)
     assert codes == [PREEMPTED_EXIT_STATUS] * processes, outs[0][-3000:]
     assert took < STOP_BOUND_S
     assert _committed(workdir)[-1] == _stopped_at(outs[0])  # process 0 logs
