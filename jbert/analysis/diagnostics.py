@@ -62,17 +62,10 @@ def retrieval_report(embedder: Any, pairs: Sequence[dict], *,
                              bm25=bm25, query_prompt=embedder.prompts.get("query", ""),
                              doc_prompt=embedder.prompts.get("document", ""))
     evaluator.embedder.dense_scale = embedder.dense_scale
-    reps = evaluator.representations(embedder.model_params)
-    dense = [q_QD @ d_ND.T for q_QD, d_ND in (r["dense"] for r in reps)]
+    dense, extra = evaluator.model_scores(evaluator.representations(embedder.model_params))
     names = {"dense": model_name, "bm25": "BM25", "rrf": "hybrid (RRF)",
-             "linear": "hybrid (linear)"}
-    extra = {}
-    if embedder.has_sparse:  # the model's sparse head, and its own score (dense + sparse)
-        sparse = [q_QV @ d_NV.T for q_QV, d_NV in (r["sparse"] for r in reps)]
-        extra = {SPARSE: sparse, DENSE_SPARSE: [embedder.score(d, s) for d, s in
-                                                zip(dense, sparse, strict=True)]}
-        names |= {SPARSE: f"{model_name} (sparse head)",
-                  DENSE_SPARSE: f"{model_name} (dense + sparse)"}
+             "linear": "hybrid (linear)", SPARSE: f"{model_name} (sparse head)",
+             DENSE_SPARSE: f"{model_name} (dense + sparse)"}
     result = evaluator.results(dense, baselines=extra)
     metrics = {names[s]: m for s, m in result["macro"].items()}
     per_language = {lang: {names[s]: r[s] for s in (*SYSTEMS, *extra) if s in r}

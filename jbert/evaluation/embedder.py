@@ -268,7 +268,7 @@ class Embedder:
         max_length = self.max_length if max_length is None else max_length
         lengths = [len(x) for x in ids]
         calls = plan_calls(lengths, max_length, batch_size, pack)
-        params = {"bert": self.params, "sparse": self.sparse_params} if sparse else self.params
+        params = self.model_params if sparse else self.params
         out = {"dense": np.zeros((len(ids), self.config.hidden_size), np.float32)}
         if sparse:
             out["sparse"] = np.zeros((len(ids), self.config.vocab_size), np.float32)

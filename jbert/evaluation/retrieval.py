@@ -257,6 +257,18 @@ class SetEvaluator:
             out.append({key: (q[key], d[key]) for key in q})
         return out
 
+    def model_scores(self, reps: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]]
+                     ) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+        """(dense [Q, N] scores per set, {SPARSE: ..., DENSE_SPARSE: ...} per set when the
+        model has a sparse head: the head alone and the model's own score, `Embedder.score`
+        at the embedder's `dense_scale`; else {}) of `representations`' output."""
+        dense = [q_QD @ d_ND.T for q_QD, d_ND in (r["dense"] for r in reps)]
+        if not self.embedder.has_sparse:
+            return dense, {}
+        sparse = [q_QV @ d_NV.T for q_QV, d_NV in (r["sparse"] for r in reps)]
+        return dense, {SPARSE: sparse, DENSE_SPARSE: [
+            self.embedder.score(d, s) for d, s in zip(dense, sparse, strict=True)]}
+
     def embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """(queries [Q, D], documents [N, D]) per set, L2-normalised."""
         self.embedder.set_params(params)
@@ -283,13 +295,8 @@ class SetEvaluator:
 
         reps = self.representations(params)
         embeddings = [r["dense"] for r in reps]
-        dense = [q_QD @ d_ND.T for q_QD, d_ND in embeddings]
-        if self.embedder.has_sparse:  # the sparse head alone, and the model's own sum
-            sparse = [q_QV @ d_NV.T for q_QV, d_NV in (r["sparse"] for r in reps)]
-            baselines = {**(baselines or {}), SPARSE: sparse,
-                         DENSE_SPARSE: [self.embedder.score(d, s)
-                                        for d, s in zip(dense, sparse, strict=True)]}
-        out = self.results(dense, linear, baselines, per_query)
+        dense, sparse = self.model_scores(reps)
+        out = self.results(dense, linear, {**(baselines or {}), **sparse}, per_query)
         if self.dims:
             out["dims"] = {}
             for d in self.dims:

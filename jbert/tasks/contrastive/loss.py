@@ -263,9 +263,8 @@ def embed_rows(config: JinaBertConfig, params: Any,
     [B, V] when `params` carry the sparse head; [B, S, ...] for packed rows (S `segments`),
     their sparse vectors [sparse_texts, V] in row order when that is fewer than the slots."""
     ids_BL, mask_BL, segment_ids_BL = rows
-    if segment_ids_BL is None or (sparse_texts or ids_BL.shape[0] * segments) >= (
-            ids_BL.shape[0] * segments):
-        sparse_texts = None
+    if segment_ids_BL is None or (sparse_texts or 0) >= ids_BL.shape[0] * segments:
+        sparse_texts = None  # one vector per row or per slot is no more than asked
     return functional.encode(config, params, ids_BL, mask_BL, None, segment_ids_BL,
                              num_segments=segments, dropout_rng=rng, sparse_texts=sparse_texts)
 
